@@ -1,0 +1,39 @@
+# kafka_producer: PGXS build
+EXTENSION = kafka_producer
+MODULE_big = kafka_producer
+OBJS = \
+	src/kafka_producer.o \
+	src/guc.o \
+	src/shmem.o \
+	src/enqueue.o \
+	src/worker.o \
+	src/producer.o \
+	src/outbox.o
+
+DATA = $(wildcard sql/kafka_producer--*.sql)
+
+REGRESS = setup send config retry
+REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
+	--load-extension=kafka_producer
+
+KAFKA_PKGS = rdkafka
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS))
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
+SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS))
+
+EXTRA_CLEAN = test/mock_cluster tmp_check results regression.diffs regression.out
+
+# JIT inlining of this module buys nothing; skip the bitcode (and the clang dependency)
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# The librdkafka mock cluster the end-to-end tests and the demo run against.
+test/mock_cluster: test/mock_cluster.c
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< $(shell pkg-config --cflags --libs $(KAFKA_PKGS))
+
+.PHONY: test-e2e
+test-e2e: test/mock_cluster
+	/usr/bin/python3 -m pytest -v test/

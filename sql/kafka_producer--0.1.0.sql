@@ -1,0 +1,157 @@
+/* kafka_producer 0.1.0: storage, status view and SQL API */
+
+\echo Use "CREATE EXTENSION kafka_producer" to load this file. \quit
+
+CREATE SCHEMA kafka;
+
+/*
+ * Refuses installation unless the library was preloaded and this is the
+ * database named by kafka.database: anywhere else nobody would deliver.
+ */
+CREATE FUNCTION kafka.check_database() RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_database';
+SELECT kafka.check_database();
+
+CREATE SEQUENCE kafka.message_id_seq;
+
+/*
+ * Messages waiting for Kafka's acknowledgement: inserted by kafka_send(),
+ * deleted by the worker in the same statement that records their delivery.
+ * Only undelivered rows live here, so the worker's ordered scans stay short.
+ */
+CREATE TABLE kafka.outbox (
+	id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	key bytea,
+	value bytea,
+	headers jsonb,
+	"partition" integer,
+	attempts integer NOT NULL DEFAULT 0,
+	last_error text,
+	enqueued_at timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.01,
+		autovacuum_vacuum_insert_scale_factor = 0.01);
+
+/* One row per acknowledged message, written in batches; pruned by age. */
+CREATE TABLE kafka.delivered (
+	id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	key bytea,
+	"partition" integer NOT NULL,
+	"offset" bigint,
+	attempts integer NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	delivered_at timestamptz NOT NULL
+);
+CREATE INDEX delivered_at_brin ON kafka.delivered USING brin (delivered_at);
+
+/* Messages Kafka refused for good, with their payload, until retried. */
+CREATE TABLE kafka.failed (
+	id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	key bytea,
+	value bytea,
+	headers jsonb,
+	"partition" integer,
+	attempts integer NOT NULL,
+	error_code text NOT NULL,
+	error text NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	failed_at timestamptz NOT NULL
+);
+
+CREATE VIEW kafka.messages AS
+	SELECT id, topic, key, 'pending'::text AS status, "partition",
+		   NULL::bigint AS "offset", attempts, last_error AS error,
+		   enqueued_at, NULL::timestamptz AS delivered_at
+	  FROM kafka.outbox
+	UNION ALL
+	SELECT id, topic, key, 'delivered', "partition", "offset", attempts,
+		   NULL, enqueued_at, delivered_at
+	  FROM kafka.delivered
+	UNION ALL
+	SELECT id, topic, key, 'failed', "partition", NULL, attempts,
+		   error_code || ': ' || error, enqueued_at, NULL
+	  FROM kafka.failed;
+
+COMMENT ON VIEW kafka.messages IS
+	'every message''s fate: pending, delivered (with partition and offset) or failed (with Kafka''s error)';
+
+/* pg_dump keeps what has not been delivered yet. */
+SELECT pg_catalog.pg_extension_config_dump('kafka.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.failed', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.message_id_seq', '');
+
+CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
+						   "partition" integer DEFAULT NULL,
+						   headers jsonb DEFAULT NULL)
+	RETURNS bigint
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send';
+
+COMMENT ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) IS
+	'enqueue a message; it is delivered after the calling transaction commits';
+
+/* Tells the worker, at commit, that messages from first_id on are new. */
+CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_wake_worker';
+
+CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
+	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	current_status text;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed WHERE id = message_id
+		RETURNING id, topic, key, value, headers, "partition", enqueued_at)
+	INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+		SELECT * FROM moved;
+	IF FOUND THEN
+		PERFORM kafka.wake_worker(message_id);
+		RETURN;
+	END IF;
+	SELECT status INTO current_status FROM kafka.messages WHERE id = message_id;
+	IF current_status IS NULL THEN
+		RAISE EXCEPTION 'message % does not exist', message_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Delivered messages are removed after kafka.status_retention.';
+	END IF;
+	RAISE EXCEPTION 'message % is not failed', message_id
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+			  DETAIL = format('Its status is "%s".', current_status);
+END
+$$;
+
+COMMENT ON FUNCTION kafka_retry(bigint) IS 're-queue one failed message';
+
+CREATE FUNCTION kafka_retry_failed(topic text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	first_id bigint;
+	requeued bigint;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed f
+		 WHERE kafka_retry_failed.topic IS NULL OR f.topic = kafka_retry_failed.topic
+		RETURNING id, f.topic, key, value, headers, "partition", enqueued_at),
+	inserted AS (
+		INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+			SELECT * FROM moved RETURNING id)
+	SELECT min(id), count(*) INTO first_id, requeued FROM inserted;
+	IF requeued > 0 THEN
+		PERFORM kafka.wake_worker(first_id);
+	END IF;
+	RETURN requeued;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_retry_failed(text) IS
+	're-queue every failed message, or those of one topic; returns how many';
+
+REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_database() FROM PUBLIC;

@@ -1,0 +1,465 @@
+/*-------------------------------------------------------------------------
+ *
+ * enqueue.c
+ *	  kafka_send(): validates a message and inserts it into kafka.outbox in
+ *	  the caller's transaction, so that it exists only if that transaction
+ *	  commits; at commit the worker is told, through shared memory, that
+ *	  there is something to deliver.
+ *
+ *	  The row is written with heap_insert and index_insert directly: the
+ *	  executor's per-statement setup would cost more than the insert itself
+ *	  when kafka_send() is called once per row of a large query.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/sequence.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "kafka_producer.h"
+
+PG_FUNCTION_INFO_V1(kafka_send);
+PG_FUNCTION_INFO_V1(kafka_wake_worker);
+PG_FUNCTION_INFO_V1(kafka_check_database);
+
+/* kafka.outbox's columns, in table order */
+enum
+{
+	OUTBOX_ID,
+	OUTBOX_TOPIC,
+	OUTBOX_KEY,
+	OUTBOX_VALUE,
+	OUTBOX_HEADERS,
+	OUTBOX_PARTITION,
+	OUTBOX_ATTEMPTS,
+	OUTBOX_LAST_ERROR,
+	OUTBOX_ENQUEUED_AT,
+	OUTBOX_NATTS
+};
+
+#define KP_TOPIC_MAX_LEN 249
+
+/* How a key or value argument of a given type becomes bytes. */
+typedef enum KpArgKind
+{
+	KP_ARG_BYTES,				/* bytea: sent as is */
+	KP_ARG_TEXT,				/* text, varchar: UTF-8 */
+	KP_ARG_CSTRING,				/* an untyped literal */
+	KP_ARG_OUTPUT				/* anything else: its text output, UTF-8 */
+} KpArgKind;
+
+typedef struct KpArgEncoder
+{
+	Oid			typid;
+	KpArgKind	kind;
+	FmgrInfo	output;
+} KpArgEncoder;
+
+typedef struct KpSendCache
+{
+	KpArgEncoder value;
+	KpArgEncoder key;
+} KpSendCache;
+
+/* lowest message id enqueued by the current top-level transaction */
+static int64 xact_first_id = -1;
+static bool xact_callback_registered = false;
+static bool database_checked = false;
+
+static void
+enqueue_xact_callback(XactEvent event, void *arg)
+{
+	if (xact_first_id < 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			kp_shmem_notify_commit(xact_first_id);
+			xact_first_id = -1;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			xact_first_id = -1;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot prepare a transaction that enqueued Kafka messages")));
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Makes sure the worker hears of messages from id on once the current
+ * transaction commits.
+ */
+void
+kp_enqueue_wake_at_commit(int64 id)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(enqueue_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	if (xact_first_id < 0 || id < xact_first_id)
+		xact_first_id = id;
+}
+
+void
+kp_check_serving_database(void)
+{
+	char	   *current;
+
+	if (database_checked)
+		return;
+	kp_shmem_check_preloaded();
+	current = get_database_name(MyDatabaseId);
+	if (strcmp(current, kp_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kafka_producer does not serve database \"%s\"", current),
+				 errdetail("Its worker delivers the messages of database \"%s\", named by kafka.database.",
+						   kp_database),
+				 errhint("Use kafka_producer in database \"%s\", or set kafka.database to \"%s\" and restart the server.",
+						 kp_database, current)));
+	database_checked = true;
+}
+
+Datum
+kafka_check_database(PG_FUNCTION_ARGS)
+{
+	kp_check_serving_database();
+	PG_RETURN_VOID();
+}
+
+Datum
+kafka_wake_worker(PG_FUNCTION_ARGS)
+{
+	kp_check_serving_database();
+	kp_enqueue_wake_at_commit(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/* Kafka's rules for topic names: 1 to 249 of [a-zA-Z0-9._-], not . or .. */
+static void
+check_topic(text *topic)
+{
+	const char *name = VARDATA_ANY(topic);
+	int			len = VARSIZE_ANY_EXHDR(topic);
+
+	if (len == 0 || len > KP_TOPIC_MAX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid Kafka topic name \"%s\"", text_to_cstring(topic)),
+				 errdetail("A topic name has 1 to %d characters.", KP_TOPIC_MAX_LEN)));
+	if ((len == 1 && name[0] == '.') ||
+		(len == 2 && name[0] == '.' && name[1] == '.'))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid Kafka topic name \"%s\"", text_to_cstring(topic)),
+				 errdetail("\".\" and \"..\" are reserved.")));
+	for (int i = 0; i < len; i++)
+	{
+		char		c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid Kafka topic name \"%s\"",
+							text_to_cstring(topic)),
+					 errdetail("A topic name may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+	}
+}
+
+/* A JSON object whose values are strings or null: Kafka's headers. */
+static Size
+check_headers(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	Size		size = 0;
+
+	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Kafka headers must be a JSON object"),
+				 errhint("Pass headers as an object of strings, such as '{\"trace-id\": \"abc\"}'.")));
+
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+			size += v.val.string.len;
+		else if (token == WJB_VALUE)
+		{
+			if (v.type == jbvString)
+				size += v.val.string.len;
+			else if (v.type != jbvNull)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("Kafka header values must be strings or null"),
+						 errhint("Convert numbers and other JSON values to strings.")));
+		}
+	}
+	return size;
+}
+
+static void
+init_encoder(KpArgEncoder *enc, Oid typid, MemoryContext mcxt)
+{
+	Oid			outfunc;
+	bool		isvarlena;
+
+	enc->typid = typid;
+	switch (typid)
+	{
+		case BYTEAOID:
+			enc->kind = KP_ARG_BYTES;
+			break;
+		case TEXTOID:
+		case VARCHAROID:
+			enc->kind = KP_ARG_TEXT;
+			break;
+		case UNKNOWNOID:
+			enc->kind = KP_ARG_CSTRING;
+			break;
+		default:
+			enc->kind = KP_ARG_OUTPUT;
+			getTypeOutputInfo(typid, &outfunc, &isvarlena);
+			fmgr_info_cxt(outfunc, &enc->output, mcxt);
+			break;
+	}
+}
+
+static bytea *
+bytes_from_chars(const char *chars, int len, bool convert)
+{
+	char	   *utf8 = convert ? pg_server_to_any(chars, len, PG_UTF8) :
+		(char *) chars;
+	bytea	   *result;
+
+	if (utf8 != chars)
+		len = strlen(utf8);
+	result = (bytea *) palloc(VARHDRSZ + len);
+	SET_VARSIZE(result, VARHDRSZ + len);
+	memcpy(VARDATA(result), utf8, len);
+	return result;
+}
+
+/* The bytes Kafka receives for a key or value: text in UTF-8. */
+static bytea *
+encode_argument(KpArgEncoder *enc, Datum datum)
+{
+	bool		convert = GetDatabaseEncoding() != PG_UTF8;
+	text	   *txt;
+	char	   *str;
+
+	switch (enc->kind)
+	{
+		case KP_ARG_BYTES:
+			return DatumGetByteaPP(datum);
+		case KP_ARG_TEXT:
+			txt = DatumGetTextPP(datum);
+			if (!convert)
+				return (bytea *) txt;
+			return bytes_from_chars(VARDATA_ANY(txt), VARSIZE_ANY_EXHDR(txt),
+									true);
+		case KP_ARG_CSTRING:
+			str = DatumGetCString(datum);
+			return bytes_from_chars(str, strlen(str), convert);
+		case KP_ARG_OUTPUT:
+			str = OutputFunctionCall(&enc->output, datum);
+			return bytes_from_chars(str, strlen(str), convert);
+	}
+	pg_unreachable();
+}
+
+static KpSendCache *
+send_cache(FunctionCallInfo fcinfo)
+{
+	KpSendCache *cache = (KpSendCache *) fcinfo->flinfo->fn_extra;
+	Oid			value_type = get_fn_expr_argtype(fcinfo->flinfo, 1);
+	Oid			key_type = get_fn_expr_argtype(fcinfo->flinfo, 2);
+
+	if (cache == NULL)
+	{
+		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
+									   sizeof(KpSendCache));
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	if (cache->value.typid != value_type)
+		init_encoder(&cache->value, value_type, fcinfo->flinfo->fn_mcxt);
+	if (cache->key.typid != key_type)
+		init_encoder(&cache->key, key_type, fcinfo->flinfo->fn_mcxt);
+	return cache;
+}
+
+static Oid
+kafka_relation_oid(const char *name)
+{
+	Oid			nsp = get_namespace_oid(KP_SCHEMA_NAME, false);
+	Oid			relid = get_relname_relid(name, nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s.%s\" of extension \"%s\" is missing",
+						KP_SCHEMA_NAME, name, KP_EXTENSION_NAME),
+				 errhint("Drop and create the extension again.")));
+	return relid;
+}
+
+/* Adds the new heap tuple to every index of kafka.outbox. */
+static void
+insert_index_entries(Relation rel, HeapTuple tuple, Datum *values,
+					 bool *nulls)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(index);
+		Datum		index_values[INDEX_MAX_KEYS];
+		bool		index_nulls[INDEX_MAX_KEYS];
+
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
+			elog(ERROR, "index \"%s\" on kafka.outbox is not supported",
+				 RelationGetRelationName(index));
+		for (int i = 0; i < info->ii_NumIndexAttrs; i++)
+		{
+			AttrNumber	attnum = info->ii_IndexAttrNumbers[i];
+
+			index_values[i] = values[attnum - 1];
+			index_nulls[i] = nulls[attnum - 1];
+		}
+		index_insert(index, index_values, index_nulls, &tuple->t_self, rel,
+					 info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, info);
+		index_close(index, RowExclusiveLock);
+	}
+	list_free(indexes);
+}
+
+static int64
+insert_outbox_row(Datum *values, bool *nulls)
+{
+	Relation	rel = table_open(kafka_relation_oid("outbox"), RowExclusiveLock);
+	HeapTuple	tuple;
+	int64		id;
+
+	if (RelationGetDescr(rel)->natts != OUTBOX_NATTS)
+		elog(ERROR, "kafka.outbox has %d columns, expected %d",
+			 RelationGetDescr(rel)->natts, OUTBOX_NATTS);
+
+	id = nextval_internal(kafka_relation_oid("message_id_seq"), false);
+	values[OUTBOX_ID] = Int64GetDatum(id);
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tuple);
+	insert_index_entries(rel, tuple, values, nulls);
+	table_close(rel, NoLock);
+	return id;
+}
+
+/*
+ * kafka_send(topic text, value "any", key "any", partition int, headers jsonb)
+ *		returns the new message's id
+ */
+Datum
+kafka_send(PG_FUNCTION_ARGS)
+{
+	KpSendCache *cache;
+	text	   *topic;
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
+	Size		size = 0;
+	int64		id;
+
+	kp_check_serving_database();
+	PreventCommandIfReadOnly("kafka_send()");
+	PreventCommandIfParallelMode("kafka_send()");
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("Kafka topic must not be null")));
+	topic = PG_GETARG_TEXT_PP(0);
+	check_topic(topic);
+	cache = send_cache(fcinfo);
+
+	memset(nulls, false, sizeof(nulls));
+	values[OUTBOX_TOPIC] = PointerGetDatum(topic);
+	nulls[OUTBOX_VALUE] = PG_ARGISNULL(1);
+	if (!PG_ARGISNULL(1))
+	{
+		bytea	   *value = encode_argument(&cache->value, PG_GETARG_DATUM(1));
+
+		size += VARSIZE_ANY_EXHDR(value);
+		values[OUTBOX_VALUE] = PointerGetDatum(value);
+	}
+	nulls[OUTBOX_KEY] = PG_ARGISNULL(2);
+	if (!PG_ARGISNULL(2))
+	{
+		bytea	   *key = encode_argument(&cache->key, PG_GETARG_DATUM(2));
+
+		size += VARSIZE_ANY_EXHDR(key);
+		values[OUTBOX_KEY] = PointerGetDatum(key);
+	}
+	nulls[OUTBOX_PARTITION] = PG_ARGISNULL(3);
+	if (!PG_ARGISNULL(3))
+	{
+		if (PG_GETARG_INT32(3) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("Kafka partition must not be negative"),
+					 errhint("Pass NULL to let the partitioner choose.")));
+		values[OUTBOX_PARTITION] = PG_GETARG_DATUM(3);
+	}
+	nulls[OUTBOX_HEADERS] = PG_ARGISNULL(4);
+	if (!PG_ARGISNULL(4))
+	{
+		Jsonb	   *headers = PG_GETARG_JSONB_P(4);
+
+		size += check_headers(headers);
+		values[OUTBOX_HEADERS] = PointerGetDatum(headers);
+	}
+	if (size > (Size) kp_message_max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("Kafka message is too large"),
+				 errdetail("Key, value and headers take %zu bytes; kafka.message_max_bytes is %d.",
+						   size, kp_message_max_bytes),
+				 errhint("Raise kafka.message_max_bytes, and the topic's max.message.bytes on the brokers.")));
+
+	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
+	nulls[OUTBOX_LAST_ERROR] = true;
+	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	id = insert_outbox_row(values, nulls);
+	kp_enqueue_wake_at_commit(id);
+	PG_RETURN_INT64(id);
+}

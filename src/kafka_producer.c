@@ -1,0 +1,33 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_producer.c
+ *	  Module entry point: settings, shared memory and the background worker
+ *	  are set up when the library is preloaded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+
+#include "kafka_producer.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	/*
+	 * Loaded on demand by a backend, the library only offers its functions;
+	 * they refuse to work and say why (kp_shmem_check_preloaded).
+	 */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	kp_guc_init();
+	kp_shmem_init();
+	kp_worker_register();
+}

@@ -1,0 +1,128 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_producer.h
+ *	  Declarations shared between the modules of the kafka_producer
+ *	  extension: settings, shared state, the worker's producer and outbox.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAFKA_PRODUCER_H
+#define KAFKA_PRODUCER_H
+
+#include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "lib/stringinfo.h"
+#include "port/atomics.h"
+#include "storage/spin.h"
+
+#define KP_EXTENSION_NAME "kafka_producer"
+#define KP_SCHEMA_NAME "kafka"
+
+/* guc.c: the kafka.* settings */
+extern char *kp_database;
+extern int	kp_max_attempts;
+extern int	kp_status_retention;
+extern int	kp_message_max_bytes;
+
+extern void kp_guc_init(void);
+extern rd_kafka_conf_t *kp_guc_producer_conf(char *errstr, size_t errstr_size);
+extern char *kp_guc_producer_fingerprint(void);
+
+/*
+ * shmem.c: state shared between backends and the worker.
+ *
+ * Locking: worker_procno and worker_pid are protected by mutex.
+ * rescan_from is an atomic that backends lower (never raise) at commit and
+ * the worker swaps back to PG_UINT64_MAX before each scan of the outbox.
+ */
+typedef struct KpSharedState
+{
+	slock_t		mutex;
+	int			worker_procno;	/* -1 while no worker runs */
+	pid_t		worker_pid;
+	pg_atomic_uint64 rescan_from;	/* lowest id committed behind the worker's
+									 * scan position */
+} KpSharedState;
+
+extern void kp_shmem_init(void);
+extern void kp_shmem_check_preloaded(void);
+extern void kp_shmem_notify_commit(int64 first_id);
+extern void kp_shmem_worker_attach(void);
+extern int64 kp_shmem_take_rescan_from(void);
+
+/* enqueue.c: the transaction side of kafka_send() */
+extern void kp_enqueue_wake_at_commit(int64 id);
+extern void kp_check_serving_database(void);
+
+/* worker.c */
+extern void kp_worker_register(void);
+
+/* producer.c: the worker's librdkafka producer and what it has in flight */
+typedef enum KpOutcome
+{
+	KP_DELIVERED,				/* acknowledged by the broker */
+	KP_FAILED,					/* refused for good: record as failed */
+	KP_RETRIABLE,				/* transient failure: send again later */
+	KP_RETURNED					/* never sent (purged): send again, no attempt */
+} KpOutcome;
+
+typedef struct KpReport
+{
+	int64		id;
+	KpOutcome	outcome;
+	int32		partition;
+	int64		offset;			/* -1 when the broker gave none (acks=0) */
+	rd_kafka_resp_err_t err;
+} KpReport;
+
+typedef struct KpReportBuffer
+{
+	KpReport   *reports;
+	int			count;
+	int			capacity;
+} KpReportBuffer;
+
+typedef struct KpMessage
+{
+	int64		id;
+	const char *topic;
+	const char *key;
+	size_t		key_len;
+	const char *value;			/* NULL for a tombstone */
+	size_t		value_len;
+	rd_kafka_headers_t *headers;	/* ownership passes to the producer */
+	int32		partition;		/* RD_KAFKA_PARTITION_UA to let Kafka choose */
+} KpMessage;
+
+typedef enum KpSendResult
+{
+	KP_SEND_QUEUED,				/* in flight; a report will follow */
+	KP_SEND_QUEUE_FULL,			/* try again after reports drained */
+	KP_SEND_REFUSED				/* a KP_FAILED report was added */
+} KpSendResult;
+
+extern bool kp_producer_start(void);
+extern void kp_producer_stop(KpReportBuffer *buf);
+extern bool kp_producer_running(void);
+extern int	kp_producer_wakeup_fd(void);
+extern void kp_producer_clear_wakeup(void);
+extern KpSendResult kp_producer_send(KpMessage *msg, KpReportBuffer *buf);
+extern void kp_producer_poll(KpReportBuffer *buf);
+extern void kp_producer_return_queued(void);
+extern bool kp_producer_is_in_flight(int64 id);
+extern void kp_producer_forget(int64 id);
+extern long kp_producer_in_flight_count(void);
+extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
+						  int32 partition, int64 offset,
+						  rd_kafka_resp_err_t err);
+
+/* outbox.c: the worker's reads and writes of the kafka.* tables */
+extern bool kp_outbox_present(void);
+extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,
+								  bool *queue_full);
+extern void kp_outbox_record(KpReportBuffer *buf);
+extern void kp_outbox_prune(void);
+
+#endif							/* KAFKA_PRODUCER_H */

@@ -1,0 +1,349 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *	  The worker's reads and writes of the kafka.* tables.
+ *
+ *	  Per message, after kafka_send()'s insert, the worker writes once, in
+ *	  batches: one statement deletes the delivered rows from kafka.outbox
+ *	  and inserts their delivery records (partition, offset) into
+ *	  kafka.delivered; another moves failures to kafka.failed, or counts
+ *	  the attempt of a transient one.  Reading is an index range scan on
+ *	  kafka.outbox, which holds undelivered messages only.
+ *
+ *	  Every function here runs inside the worker's transaction, with SPI
+ *	  connected.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "kafka_producer.h"
+
+/* a batch ends after this many messages or bytes, whichever comes first */
+#define KP_BATCH_MESSAGES 10000
+#define KP_BATCH_BYTES (32 * 1024 * 1024)
+#define KP_FETCH_ROWS 1000
+
+static SPIPlanPtr read_plan = NULL;
+static SPIPlanPtr delivered_plan = NULL;
+static SPIPlanPtr failed_plan = NULL;
+static SPIPlanPtr prune_plan = NULL;
+
+static SPIPlanPtr
+prepare_once(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(query, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", query,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+bool
+kp_outbox_present(void)
+{
+	return OidIsValid(get_extension_oid(KP_EXTENSION_NAME, true));
+}
+
+static rd_kafka_headers_t *
+headers_from_jsonb(Jsonb *jb)
+{
+	rd_kafka_headers_t *headers = rd_kafka_headers_new(JB_ROOT_COUNT(jb));
+	JsonbIterator *it = JsonbIteratorInit(&jb->root);
+	JsonbValue	v;
+	JsonbValue	name = {0};
+	JsonbIteratorToken token;
+
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+			name = v;
+		else if (token == WJB_VALUE)
+			rd_kafka_header_add(headers, name.val.string.val,
+								name.val.string.len,
+								v.type == jbvString ? v.val.string.val : NULL,
+								v.type == jbvString ? v.val.string.len : 0);
+	}
+	return headers;
+}
+
+static void
+bytes_of(HeapTuple tuple, TupleDesc desc, int column, const char **data,
+		 size_t *len)
+{
+	bool		isnull;
+	Datum		datum = SPI_getbinval(tuple, desc, column, &isnull);
+	bytea	   *bytes;
+
+	*data = NULL;
+	*len = 0;
+	if (isnull)
+		return;
+	bytes = DatumGetByteaPP(datum);
+	*data = VARDATA_ANY(bytes);
+	*len = VARSIZE_ANY_EXHDR(bytes);
+}
+
+/* Hands one outbox row to the producer. */
+static KpSendResult
+send_row(HeapTuple tuple, TupleDesc desc, int64 id, KpReportBuffer *buf,
+		 size_t *bytes)
+{
+	KpMessage	msg;
+	bool		isnull;
+	Datum		datum;
+
+	msg.id = id;
+	msg.topic = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
+	bytes_of(tuple, desc, 3, &msg.key, &msg.key_len);
+	bytes_of(tuple, desc, 4, &msg.value, &msg.value_len);
+	datum = SPI_getbinval(tuple, desc, 5, &isnull);
+	msg.headers = isnull ? NULL : headers_from_jsonb(DatumGetJsonbP(datum));
+	datum = SPI_getbinval(tuple, desc, 6, &isnull);
+	msg.partition = isnull ? RD_KAFKA_PARTITION_UA : DatumGetInt32(datum);
+	*bytes += msg.key_len + msg.value_len;
+	return kp_producer_send(&msg, buf);
+}
+
+/*
+ * Sends the messages after after_id in id order, skipping those already
+ * in flight, until a batch is full or librdkafka's queue is.  Returns the
+ * id up to which everything is now in flight or done: the next scan
+ * starts after it.
+ */
+int64
+kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf, bool *queue_full)
+{
+	Oid			argtypes[] = {INT8OID};
+	Datum		args[1];
+	Portal		portal;
+	MemoryContext row_context;
+	MemoryContext outer;
+	int64		last_id = after_id;
+	int			sent = 0;
+	size_t		bytes = 0;
+
+	*queue_full = false;
+	prepare_once(&read_plan,
+				 "SELECT id, topic, key, value, headers, \"partition\" "
+				 "FROM kafka.outbox WHERE id > $1 ORDER BY id",
+				 1, argtypes);
+	args[0] = Int64GetDatum(after_id);
+	portal = SPI_cursor_open(NULL, read_plan, args, NULL, true);
+	row_context = AllocSetContextCreate(CurrentMemoryContext,
+										"kafka_producer row",
+										ALLOCSET_DEFAULT_SIZES);
+
+	while (sent < KP_BATCH_MESSAGES && bytes < KP_BATCH_BYTES &&
+		   !*queue_full)
+	{
+		SPI_cursor_fetch(portal, true, KP_FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tuple,
+														 SPI_tuptable->tupdesc,
+														 1, &isnull));
+
+			if (!kp_producer_is_in_flight(id))
+			{
+				KpSendResult result;
+
+				outer = MemoryContextSwitchTo(row_context);
+				result = send_row(tuple, SPI_tuptable->tupdesc, id, buf,
+								  &bytes);
+				MemoryContextSwitchTo(outer);
+				MemoryContextReset(row_context);
+				if (result == KP_SEND_QUEUE_FULL)
+				{
+					*queue_full = true;
+					break;
+				}
+				sent++;
+			}
+			last_id = id;
+			if (sent >= KP_BATCH_MESSAGES || bytes >= KP_BATCH_BYTES)
+				break;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	MemoryContextDelete(row_context);
+	return last_id;
+}
+
+static ArrayType *
+int8_array(int64 *values, int count)
+{
+	Datum	   *datums = palloc(count * sizeof(Datum));
+
+	for (int i = 0; i < count; i++)
+		datums[i] = Int64GetDatum(values[i]);
+	return construct_array(datums, count, INT8OID, 8, FLOAT8PASSBYVAL,
+						   TYPALIGN_DOUBLE);
+}
+
+static ArrayType *
+int4_array(int32 *values, int count)
+{
+	Datum	   *datums = palloc(count * sizeof(Datum));
+
+	for (int i = 0; i < count; i++)
+		datums[i] = Int32GetDatum(values[i]);
+	return construct_array(datums, count, INT4OID, 4, true, TYPALIGN_INT);
+}
+
+static void
+execute_plan(SPIPlanPtr plan, Datum *args, int expected)
+{
+	int			rc = SPI_execute_plan(plan, args, NULL, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "recording Kafka delivery reports failed: %s",
+			 SPI_result_code_string(rc));
+}
+
+static void
+record_delivered(KpReportBuffer *buf, int count)
+{
+	Oid			argtypes[] = {INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	int64	   *ids = palloc(count * sizeof(int64));
+	int32	   *partitions = palloc(count * sizeof(int32));
+	int64	   *offsets = palloc(count * sizeof(int64));
+	Datum		args[3];
+	int			n = 0;
+
+	for (int i = 0; i < buf->count; i++)
+	{
+		KpReport   *r = &buf->reports[i];
+
+		if (r->outcome != KP_DELIVERED)
+			continue;
+		ids[n] = r->id;
+		partitions[n] = r->partition;
+		offsets[n] = r->offset;
+		n++;
+	}
+	prepare_once(&delivered_plan,
+				 "WITH r AS (SELECT * FROM unnest($1, $2, $3) AS r(id, part, off)), "
+				 "moved AS (DELETE FROM kafka.outbox o USING r WHERE o.id = r.id "
+				 "  RETURNING o.id, o.topic, o.key, r.part, r.off, o.attempts, o.enqueued_at) "
+				 "INSERT INTO kafka.delivered "
+				 "  (id, topic, key, \"partition\", \"offset\", attempts, enqueued_at, delivered_at) "
+				 "SELECT id, topic, key, part, CASE WHEN off >= 0 THEN off END, "
+				 "  attempts + 1, enqueued_at, now() FROM moved",
+				 3, argtypes);
+	args[0] = PointerGetDatum(int8_array(ids, n));
+	args[1] = PointerGetDatum(int4_array(partitions, n));
+	args[2] = PointerGetDatum(int8_array(offsets, n));
+	execute_plan(delivered_plan, args, SPI_OK_INSERT);
+}
+
+/*
+ * Permanent failures, and transient ones that used up kafka.max_attempts,
+ * move to kafka.failed with their payload; other transient failures stay
+ * pending with the attempt counted and the error shown.
+ */
+static void
+record_failures(KpReportBuffer *buf, int count)
+{
+	Oid			argtypes[] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	BOOLARRAYOID, INT4OID};
+	int64	   *ids = palloc(count * sizeof(int64));
+	Datum	   *codes = palloc(count * sizeof(Datum));
+	Datum	   *texts = palloc(count * sizeof(Datum));
+	Datum	   *permanent = palloc(count * sizeof(Datum));
+	Datum		args[5];
+	int			n = 0;
+
+	for (int i = 0; i < buf->count; i++)
+	{
+		KpReport   *r = &buf->reports[i];
+
+		if (r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE)
+			continue;
+		ids[n] = r->id;
+		codes[n] = CStringGetTextDatum(rd_kafka_err2name(r->err));
+		texts[n] = CStringGetTextDatum(rd_kafka_err2str(r->err));
+		permanent[n] = BoolGetDatum(r->outcome == KP_FAILED);
+		n++;
+	}
+	prepare_once(&failed_plan,
+				 "WITH r AS (SELECT * FROM unnest($1, $2, $3, $4) AS r(id, code, msg, permanent)), "
+				 "gone AS (DELETE FROM kafka.outbox o USING r WHERE o.id = r.id "
+				 "    AND (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5)) "
+				 "  RETURNING o.id, o.topic, o.key, o.value, o.headers, o.\"partition\", "
+				 "    o.attempts + 1, r.code, r.msg, o.enqueued_at), "
+				 "failed AS (INSERT INTO kafka.failed "
+				 "  (id, topic, key, value, headers, \"partition\", attempts, error_code, "
+				 "   error, enqueued_at, failed_at) "
+				 "  SELECT *, now() FROM gone) "
+				 "UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
+				 "  last_error = r.code || ': ' || r.msg "
+				 "FROM r WHERE o.id = r.id "
+				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))",
+				 5, argtypes);
+	args[0] = PointerGetDatum(int8_array(ids, n));
+	args[1] = PointerGetDatum(construct_array(codes, n, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(texts, n, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(permanent, n, BOOLOID, 1, true,
+											  TYPALIGN_CHAR));
+	args[4] = Int32GetDatum(kp_max_attempts);
+	execute_plan(failed_plan, args, SPI_OK_UPDATE);
+}
+
+/* Writes the outcome of every report in buf; returned messages need none. */
+void
+kp_outbox_record(KpReportBuffer *buf)
+{
+	int			delivered = 0;
+	int			failed = 0;
+
+	for (int i = 0; i < buf->count; i++)
+	{
+		if (buf->reports[i].outcome == KP_DELIVERED)
+			delivered++;
+		else if (buf->reports[i].outcome != KP_RETURNED)
+			failed++;
+	}
+	if (delivered > 0)
+		record_delivered(buf, delivered);
+	if (failed > 0)
+		record_failures(buf, failed);
+}
+
+/* Removes delivery records older than kafka.status_retention. */
+void
+kp_outbox_prune(void)
+{
+	Oid			argtypes[] = {INT4OID};
+	Datum		args[1];
+
+	if (kp_status_retention < 0)
+		return;
+	prepare_once(&prune_plan,
+				 "DELETE FROM kafka.delivered "
+				 "WHERE delivered_at < now() - make_interval(secs => $1)",
+				 1, argtypes);
+	args[0] = Int32GetDatum(kp_status_retention);
+	execute_plan(prune_plan, args, SPI_OK_DELETE);
+}

@@ -1,0 +1,331 @@
+/*-------------------------------------------------------------------------
+ *
+ * producer.c
+ *	  The worker's librdkafka producer: its lifecycle, the messages it has
+ *	  in flight, and the delivery reports it hands back.
+ *
+ *	  librdkafka is driven through its event API on the main queue, polled
+ *	  by the worker itself, so no librdkafka callback ever runs PostgreSQL
+ *	  code that could throw.  The queue writes a byte to a pipe when it goes
+ *	  from empty to non-empty: the worker waits on that pipe and its latch.
+ *
+ *	  A message id stays in the in-flight set from the moment it is handed
+ *	  to librdkafka until the worker has recorded its outcome, so that a
+ *	  rescan of the outbox never sends it a second time.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "kafka_producer.h"
+
+static rd_kafka_t *producer = NULL;
+static rd_kafka_queue_t *main_queue = NULL;
+static int	wakeup_pipe[2] = {-1, -1};
+static HTAB *in_flight = NULL;
+
+/*
+ * Errors that no retry can cure.  Everything else is treated as transient:
+ * mistaking a transient error for a permanent one would fail a message
+ * that could have been delivered, the reverse only costs attempts.
+ */
+static bool
+is_permanent_error(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+		case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+		case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
+		case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static KpOutcome
+outcome_of(rd_kafka_resp_err_t err)
+{
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return KP_DELIVERED;
+	if (err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+		err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+		return KP_RETURNED;
+	return is_permanent_error(err) ? KP_FAILED : KP_RETRIABLE;
+}
+
+void
+kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
+			  int32 partition, int64 offset, rd_kafka_resp_err_t err)
+{
+	KpReport   *report;
+
+	if (buf->count == buf->capacity)
+	{
+		buf->capacity = Max(1024, buf->capacity * 2);
+		if (buf->reports == NULL)
+			buf->reports = MemoryContextAlloc(TopMemoryContext,
+											  buf->capacity * sizeof(KpReport));
+		else
+			buf->reports = repalloc(buf->reports,
+									buf->capacity * sizeof(KpReport));
+	}
+	report = &buf->reports[buf->count++];
+	report->id = id;
+	report->outcome = outcome;
+	report->partition = partition;
+	report->offset = offset;
+	report->err = err;
+}
+
+static void
+create_wakeup_pipe(void)
+{
+	if (wakeup_pipe[0] >= 0)
+		return;
+	if (pipe(wakeup_pipe) != 0 ||
+		fcntl(wakeup_pipe[0], F_SETFL, O_NONBLOCK) != 0 ||
+		fcntl(wakeup_pipe[1], F_SETFL, O_NONBLOCK) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create pipe for Kafka events: %m")));
+}
+
+/*
+ * Creates the producer from the current settings.  A configuration that
+ * librdkafka refuses is logged and false returned: the worker then waits
+ * for a reload instead of failing in a loop.
+ */
+bool
+kp_producer_start(void)
+{
+	char		errstr[512];
+	rd_kafka_conf_t *conf;
+
+	Assert(producer == NULL);
+	create_wakeup_pipe();
+	if (in_flight == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(int64);
+		in_flight = hash_create("kafka_producer in-flight messages", 65536,
+								&ctl, HASH_ELEM | HASH_BLOBS);
+	}
+
+	conf = kp_guc_producer_conf(errstr, sizeof(errstr));
+	if (conf != NULL)
+	{
+		rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR |
+								 RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
+		producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
+								sizeof(errstr));
+		if (producer == NULL)
+			rd_kafka_conf_destroy(conf);
+	}
+	if (producer == NULL)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not create Kafka producer: %s", errstr),
+				 errhint("Correct the kafka.* settings and reload the configuration.")));
+		return false;
+	}
+	rd_kafka_set_log_queue(producer, NULL);
+	main_queue = rd_kafka_queue_get_main(producer);
+	rd_kafka_queue_io_event_enable(main_queue, wakeup_pipe[1], "1", 1);
+	ereport(LOG,
+			(errmsg("Kafka producer %s started", rd_kafka_name(producer))));
+	return true;
+}
+
+bool
+kp_producer_running(void)
+{
+	return producer != NULL;
+}
+
+int
+kp_producer_wakeup_fd(void)
+{
+	create_wakeup_pipe();
+	return wakeup_pipe[0];
+}
+
+void
+kp_producer_clear_wakeup(void)
+{
+	char		drain[64];
+
+	while (read(wakeup_pipe[0], drain, sizeof(drain)) > 0)
+		;
+}
+
+static void
+log_librdkafka(rd_kafka_event_t *event)
+{
+	const char *facility;
+	const char *message;
+	int			level;
+
+	rd_kafka_event_log(event, &facility, &message, &level);
+	/* syslog levels: 0 emergency .. 3 error, 4 warning, 7 debug */
+	ereport(level <= 4 ? LOG : DEBUG1,
+			(errmsg_internal("librdkafka %s: %s", facility, message)));
+}
+
+/*
+ * Hands every pending event's reports to buf.  Returns true when
+ * librdkafka raised a fatal error: the producer must then be rebuilt.
+ */
+static bool
+drain_events(KpReportBuffer *buf)
+{
+	rd_kafka_event_t *event;
+	bool		fatal = false;
+
+	while ((event = rd_kafka_queue_poll(main_queue, 0)) != NULL)
+	{
+		const rd_kafka_message_t *msg;
+
+		switch (rd_kafka_event_type(event))
+		{
+			case RD_KAFKA_EVENT_DR:
+				while ((msg = rd_kafka_event_message_next(event)) != NULL)
+					kp_report_add(buf, (int64) (intptr_t) msg->_private,
+								  outcome_of(msg->err), msg->partition,
+								  msg->offset, msg->err);
+				break;
+			case RD_KAFKA_EVENT_ERROR:
+				fatal |= rd_kafka_event_error_is_fatal(event);
+				ereport(LOG,
+						(errmsg("Kafka producer error %s: %s",
+								rd_kafka_err2name(rd_kafka_event_error(event)),
+								rd_kafka_event_error_string(event))));
+				break;
+			case RD_KAFKA_EVENT_LOG:
+				log_librdkafka(event);
+				break;
+			default:
+				break;
+		}
+		rd_kafka_event_destroy(event);
+	}
+	return fatal;
+}
+
+void
+kp_producer_poll(KpReportBuffer *buf)
+{
+	if (producer == NULL || !drain_events(buf))
+		return;
+	ereport(LOG,
+			(errmsg("rebuilding the Kafka producer after a fatal error"),
+			 errdetail("Messages in flight are sent again; some may be duplicated.")));
+	kp_producer_stop(buf);
+	kp_producer_start();
+}
+
+/*
+ * Destroys the producer.  What it still held comes back as KP_RETURNED
+ * reports, after any delivery report already waiting has been collected.
+ */
+void
+kp_producer_stop(KpReportBuffer *buf)
+{
+	HASH_SEQ_STATUS scan;
+	int64	   *id;
+
+	if (producer == NULL)
+		return;
+	drain_events(buf);
+	rd_kafka_queue_io_event_enable(main_queue, -1, NULL, 0);
+	rd_kafka_queue_destroy(main_queue);
+	main_queue = NULL;
+	rd_kafka_purge(producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_destroy(producer);
+	producer = NULL;
+
+	/* ids already reported are returned twice: harmless, both just unmark */
+	hash_seq_init(&scan, in_flight);
+	while ((id = hash_seq_search(&scan)) != NULL)
+		kp_report_add(buf, *id, KP_RETURNED, RD_KAFKA_PARTITION_UA, -1,
+					  RD_KAFKA_RESP_ERR__PURGE_QUEUE);
+}
+
+/*
+ * Asks librdkafka to give back every message it has not sent yet, so that
+ * nothing overtakes a message that must be sent again.
+ */
+void
+kp_producer_return_queued(void)
+{
+	if (producer != NULL)
+		rd_kafka_purge(producer,
+					   RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING);
+}
+
+KpSendResult
+kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
+{
+	rd_kafka_resp_err_t err;
+
+	Assert(producer != NULL);
+	err = rd_kafka_producev(producer,
+							RD_KAFKA_V_TOPIC(msg->topic),
+							RD_KAFKA_V_PARTITION(msg->partition),
+							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							RD_KAFKA_V_VALUE((void *) msg->value,
+											 msg->value_len),
+							RD_KAFKA_V_KEY(msg->key, msg->key_len),
+							RD_KAFKA_V_HEADERS(msg->headers),
+							RD_KAFKA_V_OPAQUE((void *) (intptr_t) msg->id),
+							RD_KAFKA_V_END);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR && msg->headers != NULL)
+		rd_kafka_headers_destroy(msg->headers);
+	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL)
+		return KP_SEND_QUEUE_FULL;
+
+	hash_search(in_flight, &msg->id, HASH_ENTER, NULL);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return KP_SEND_QUEUED;
+	kp_report_add(buf, msg->id, outcome_of(err), msg->partition, -1, err);
+	return KP_SEND_REFUSED;
+}
+
+bool
+kp_producer_is_in_flight(int64 id)
+{
+	return hash_search(in_flight, &id, HASH_FIND, NULL) != NULL;
+}
+
+void
+kp_producer_forget(int64 id)
+{
+	hash_search(in_flight, &id, HASH_REMOVE, NULL);
+}
+
+long
+kp_producer_in_flight_count(void)
+{
+	return in_flight == NULL ? 0 : hash_get_num_entries(in_flight);
+}

@@ -1,0 +1,127 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared state between the backends that enqueue messages and the
+ *	  worker that delivers them: who the worker is, so that a commit can set
+ *	  its latch, and the lowest message id committed behind its scan.
+ *
+ *	  The locking rules are stated with KpSharedState in kafka_producer.h.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "kafka_producer.h"
+
+static KpSharedState *kp_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+kp_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
+}
+
+static void
+kp_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	kp_shared = ShmemInitStruct("kafka_producer", sizeof(KpSharedState),
+								&found);
+	if (!found)
+	{
+		SpinLockInit(&kp_shared->mutex);
+		kp_shared->worker_procno = -1;
+		kp_shared->worker_pid = 0;
+		pg_atomic_init_u64(&kp_shared->rescan_from, PG_UINT64_MAX);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+kp_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = kp_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = kp_shmem_startup;
+}
+
+void
+kp_shmem_check_preloaded(void)
+{
+	if (kp_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kafka_producer must be loaded via shared_preload_libraries"),
+				 errhint("Add kafka_producer to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * Called after a transaction that enqueued messages from first_id on has
+ * committed (its rows are visible to new snapshots): lowers the rescan
+ * position if the worker may have scanned past them, and wakes the worker.
+ */
+void
+kp_shmem_notify_commit(int64 first_id)
+{
+	uint64		current = pg_atomic_read_u64(&kp_shared->rescan_from);
+	int			procno;
+
+	while ((uint64) first_id < current &&
+		   !pg_atomic_compare_exchange_u64(&kp_shared->rescan_from, &current,
+										   (uint64) first_id))
+		;
+
+	SpinLockAcquire(&kp_shared->mutex);
+	procno = kp_shared->worker_procno;
+	SpinLockRelease(&kp_shared->mutex);
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+static void
+kp_shmem_worker_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&kp_shared->mutex);
+	kp_shared->worker_procno = -1;
+	kp_shared->worker_pid = 0;
+	SpinLockRelease(&kp_shared->mutex);
+}
+
+void
+kp_shmem_worker_attach(void)
+{
+	SpinLockAcquire(&kp_shared->mutex);
+	kp_shared->worker_procno = MyProc->pgprocno;
+	kp_shared->worker_pid = MyProcPid;
+	SpinLockRelease(&kp_shared->mutex);
+	on_shmem_exit(kp_shmem_worker_detach, (Datum) 0);
+}
+
+/*
+ * The worker takes the rescan position before it scans; commits that
+ * happen after this call lower it again for the next scan.
+ */
+int64
+kp_shmem_take_rescan_from(void)
+{
+	uint64		from = pg_atomic_exchange_u64(&kp_shared->rescan_from,
+											  PG_UINT64_MAX);
+
+	return from > (uint64) PG_INT64_MAX ? PG_INT64_MAX : (int64) from;
+}

@@ -1,0 +1,399 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background worker that delivers committed messages: it scans
+ *	  kafka.outbox in id order, hands messages to its librdkafka producer,
+ *	  and records each delivery report in batches.
+ *
+ *	  It sleeps on its latch and on librdkafka's event pipe: a commit that
+ *	  enqueued messages sets the latch, a delivery report writes to the
+ *	  pipe.  No transaction stays open while it waits.
+ *
+ *	  Order: the scan position only moves forward, except that a commit
+ *	  behind it lowers it (kp_shmem_notify_commit), and that after any
+ *	  message must be sent again the worker first takes back everything
+ *	  librdkafka has not sent, waits for what is in flight, then rescans
+ *	  from the start, so a key's messages reach Kafka in id order.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "kafka_producer.h"
+
+PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
+
+/* bounds on waiting for in-flight messages at shutdown and on reload */
+#define KP_SHUTDOWN_FLUSH_MS 5000
+#define KP_RELOAD_FLUSH_MS 10000
+#define KP_IDLE_WAIT_MS 1000
+#define KP_ERROR_BACKOFF_MS 1000
+#define KP_PRUNE_INTERVAL_MS 10000
+
+static KpReportBuffer reports;
+static int64 scan_after = 0;	/* next scan reads ids above this */
+static bool rewinding = false;	/* resend pending: drain, then rescan */
+static bool queue_full = false;
+static TimestampTz last_prune = 0;
+static char *producer_fingerprint = NULL;
+static WaitEventSet *wait_set = NULL;
+
+void
+kp_worker_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "kafka_producer");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN,
+			 "kafka_producer_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN,
+			 "kafka_producer worker for database %s", kp_database);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "kafka_producer");
+	RegisterBackgroundWorker(&worker);
+}
+
+static void
+begin_transaction(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+end_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Runs one transactional step; an error is logged and the transaction
+ * rolled back, and the worker carries on.  Returns false on error.
+ */
+static bool
+run_guarded(void (*step) (void))
+{
+	MemoryContext context = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		step();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+static void
+wait_for_events(long timeout_ms)
+{
+	WaitEvent	event;
+
+	if (wait_set == NULL)
+	{
+		wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch,
+						  NULL);
+		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET,
+						  NULL, NULL);
+		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE,
+						  kp_producer_wakeup_fd(), NULL, NULL);
+	}
+	(void) WaitEventSetWait(wait_set, timeout_ms, &event, 1,
+							PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	kp_producer_clear_wakeup();
+}
+
+static bool extension_present;
+
+static void
+check_extension_step(void)
+{
+	begin_transaction("checking for the extension");
+	extension_present = kp_outbox_present();
+	end_transaction();
+}
+
+/* Waits quietly until CREATE EXTENSION kafka_producer has run. */
+static void
+wait_for_extension(void)
+{
+	bool		logged = false;
+
+	while (!ShutdownRequestPending)
+	{
+		if (run_guarded(check_extension_step) && extension_present)
+			return;
+		if (!logged)
+			ereport(LOG,
+					(errmsg("kafka_producer worker is waiting for CREATE EXTENSION kafka_producer in database \"%s\"",
+							kp_database)));
+		logged = true;
+		wait_for_events(KP_IDLE_WAIT_MS);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
+
+static void
+record_step(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	begin_transaction("recording deliveries");
+	extension_present = kp_outbox_present();
+	if (!extension_present)
+	{
+		end_transaction();
+		return;
+	}
+	if (reports.count > 0)
+		kp_outbox_record(&reports);
+	if (TimestampDifferenceExceeds(last_prune, now, KP_PRUNE_INTERVAL_MS))
+	{
+		kp_outbox_prune();
+		last_prune = now;
+	}
+	end_transaction();
+}
+
+/*
+ * Writes the buffered reports.  Once they are committed their messages
+ * leave the in-flight set; any that must be sent again starts a rewind.
+ */
+static bool
+record_reports(void)
+{
+	bool		resend = false;
+
+	if (!run_guarded(record_step))
+		return false;
+	for (int i = 0; i < reports.count; i++)
+	{
+		KpOutcome	outcome = reports.reports[i].outcome;
+
+		kp_producer_forget(reports.reports[i].id);
+		resend |= (outcome == KP_RETRIABLE || outcome == KP_RETURNED);
+	}
+	if (reports.count > 0)
+		queue_full = false;
+	reports.count = 0;
+	if (resend && !rewinding)
+	{
+		rewinding = true;
+		kp_producer_return_queued();
+	}
+	return true;
+}
+
+static int64 send_from;
+static int64 send_last;
+
+static void
+send_step(void)
+{
+	begin_transaction("sending messages");
+	send_last = kp_outbox_send_batch(send_from, &reports, &queue_full);
+	end_transaction();
+}
+
+/*
+ * Sends the next batch of committed messages.  Returns true when it sent
+ * some and more may be waiting.
+ */
+static bool
+send_pending(void)
+{
+	int64		committed_behind;
+
+	if (rewinding && kp_producer_in_flight_count() == 0)
+	{
+		rewinding = false;
+		scan_after = 0;
+	}
+	if (rewinding || queue_full || !kp_producer_running())
+		return false;
+
+	/* taken before the scan's snapshot: see kp_shmem_notify_commit */
+	committed_behind = kp_shmem_take_rescan_from();
+	send_from = Min(scan_after, committed_behind - 1);
+	if (!run_guarded(send_step))
+	{
+		scan_after = 0;
+		return false;
+	}
+	scan_after = send_last;
+	return send_last != send_from && !queue_full;
+}
+
+/*
+ * Waits up to timeout_ms for librdkafka to report on every message in
+ * flight, recording the outcomes as they come.
+ */
+static void
+drain_in_flight(long timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   timeout_ms);
+
+	while (kp_producer_running() && kp_producer_in_flight_count() > 0)
+	{
+		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																deadline);
+
+		if (remaining <= 0)
+			break;
+		kp_producer_poll(&reports);
+		record_reports();
+		if (kp_producer_in_flight_count() > 0)
+			wait_for_events(Min(remaining, 100));
+	}
+	kp_producer_poll(&reports);
+	record_reports();
+}
+
+/* Stops the producer; what it still held comes back to be sent again. */
+static void
+stop_producer(void)
+{
+	kp_producer_stop(&reports);
+	record_reports();
+}
+
+static void
+start_producer(void)
+{
+	if (producer_fingerprint != NULL)
+		pfree(producer_fingerprint);
+	producer_fingerprint = MemoryContextStrdup(TopMemoryContext,
+											   kp_guc_producer_fingerprint());
+	kp_producer_start();
+}
+
+/*
+ * Applies new settings.  The producer is rebuilt only when one of its
+ * properties changed, after the messages in flight have been reported.
+ */
+static void
+reload_settings(void)
+{
+	char	   *fingerprint;
+
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	fingerprint = kp_guc_producer_fingerprint();
+	if (producer_fingerprint != NULL &&
+		strcmp(fingerprint, producer_fingerprint) == 0)
+		return;
+	ereport(LOG,
+			(errmsg("kafka_producer settings changed, restarting the Kafka producer")));
+	drain_in_flight(KP_RELOAD_FLUSH_MS);
+	stop_producer();
+	start_producer();
+}
+
+static void
+deliver(MemoryContext loop_context)
+{
+	while (!ShutdownRequestPending)
+	{
+		bool		more;
+
+		MemoryContextReset(loop_context);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			reload_settings();
+
+		kp_producer_poll(&reports);
+		if (!record_reports())
+		{
+			wait_for_events(KP_ERROR_BACKOFF_MS);
+			continue;
+		}
+		if (!extension_present)
+		{
+			/* dropped: its messages went with it */
+			stop_producer();
+			wait_for_extension();
+			scan_after = 0;
+			start_producer();
+			continue;
+		}
+		more = send_pending();
+		if (!more)
+			wait_for_events(KP_IDLE_WAIT_MS);
+	}
+}
+
+void
+kafka_producer_worker_main(Datum main_arg)
+{
+	MemoryContext loop_context;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(kp_database, NULL, 0);
+	pgstat_report_appname("kafka_producer");
+	kp_shmem_worker_attach();
+
+	loop_context = AllocSetContextCreate(TopMemoryContext,
+										 "kafka_producer worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(loop_context);
+
+	wait_for_extension();
+	start_producer();
+	deliver(loop_context);
+
+	ereport(LOG,
+			(errmsg("kafka_producer worker shutting down with %ld messages in flight",
+					kp_producer_in_flight_count())));
+	rewinding = true;
+	drain_in_flight(KP_SHUTDOWN_FLUSH_MS);
+	stop_producer();
+
+	/* a non-zero exit code makes the postmaster start the worker again */
+	proc_exit(1);
+}
