@@ -113,13 +113,14 @@ BEGIN
 	END IF;
 	SELECT status INTO current_status FROM kafka.messages WHERE id = message_id;
 	IF current_status IS NULL THEN
-		RAISE EXCEPTION 'message % does not exist', message_id
+		RAISE EXCEPTION 'Kafka message % does not exist', message_id
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'Delivered messages are removed after kafka.status_retention.';
 	END IF;
-	RAISE EXCEPTION 'message % is not failed', message_id
+	RAISE EXCEPTION 'cannot retry Kafka message %', message_id
 		USING ERRCODE = 'object_not_in_prerequisite_state',
-			  DETAIL = format('Its status is "%s".', current_status);
+			  DETAIL = format('Only failed messages can be retried; its status is "%s".',
+							  current_status);
 END
 $$;
 

@@ -188,8 +188,12 @@ log_librdkafka(rd_kafka_event_t *event)
 	int			level;
 
 	rd_kafka_event_log(event, &facility, &message, &level);
-	/* syslog levels: 0 emergency .. 3 error, 4 warning, 7 debug */
-	ereport(level <= 4 ? LOG : DEBUG1,
+
+	/*
+	 * syslog levels: 0 emergency .. 3 error, 4 warning, 7 debug.  Errors
+	 * also arrive as error events, logged by drain_events: keep one copy.
+	 */
+	ereport(level < 3 || level == 4 ? LOG : DEBUG1,
 			(errmsg_internal("librdkafka %s: %s", facility, message)));
 }
 

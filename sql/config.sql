@@ -1,0 +1,47 @@
+-- kafka.* settings: defaults, validation when set, and who may see what.
+
+SELECT name, setting, unit, context
+  FROM pg_settings WHERE name LIKE 'kafka.%' AND name <> 'kafka.bootstrap_servers'
+ ORDER BY name;
+
+-- producer settings are server-wide: set in postgresql.conf or ALTER SYSTEM
+SET kafka.acks = '1';
+
+-- every value is checked when set, naming the setting
+ALTER SYSTEM SET kafka.acks = '2';
+ALTER SYSTEM SET kafka.compression_type = 'brotli';
+ALTER SYSTEM SET kafka.linger_ms = -1;
+ALTER SYSTEM SET kafka.linger_ms = '1h';
+ALTER SYSTEM SET kafka.batch_size = 0;
+ALTER SYSTEM SET kafka.max_in_flight = 0;
+ALTER SYSTEM SET kafka.message_max_bytes = 10;
+ALTER SYSTEM SET kafka.enable_idempotence = 'maybe';
+ALTER SYSTEM SET kafka.status_retention = -2;
+ALTER SYSTEM SET kafka.bootstrap_servers = '';
+ALTER SYSTEM SET kafka.bootstrap_servers = 'broker-without-port';
+ALTER SYSTEM SET kafka.bootstrap_servers = 'broker:0';
+ALTER SYSTEM SET kafka.bootstrap_servers = 'broker1:9092,broker2:http';
+ALTER SYSTEM SET kafka.nonexistent = 1;
+
+-- the pass-through takes any librdkafka property librdkafka accepts
+ALTER SYSTEM SET kafka.producer_properties = 'no.such.property=1';
+ALTER SYSTEM SET kafka.producer_properties = 'socket.timeout.ms=soon';
+ALTER SYSTEM SET kafka.producer_properties = 'security.protocol';
+ALTER SYSTEM SET kafka.producer_properties = 'acks=0';
+ALTER SYSTEM SET kafka.producer_properties = 'bootstrap.servers=other:9092';
+ALTER SYSTEM SET kafka.producer_properties = 'log.queue=false';
+ALTER SYSTEM SET kafka.producer_properties = 'debug=broker,topic,socket.timeout.ms=30000';
+ALTER SYSTEM SET kafka.linger_ms = '20ms';
+ALTER SYSTEM SET kafka.compression_type = 'zstd';
+ALTER SYSTEM SET kafka.acks = 'all';
+ALTER SYSTEM SET kafka.status_retention = '2h';
+ALTER SYSTEM RESET ALL;
+
+-- the pass-through may hold credentials: superusers only
+CREATE ROLE kafka_reader;
+SET ROLE kafka_reader;
+SHOW kafka.producer_properties;
+SELECT count(*) FROM pg_settings WHERE name = 'kafka.producer_properties';
+SHOW kafka.acks;
+RESET ROLE;
+DROP ROLE kafka_reader;

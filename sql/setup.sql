@@ -1,0 +1,35 @@
+-- The extension is created by pg_regress (--load-extension).
+SELECT extname, extversion FROM pg_extension WHERE extname = 'kafka_producer';
+
+-- What the status view offers
+SELECT attname, format_type(atttypid, atttypmod)
+  FROM pg_attribute
+ WHERE attrelid = 'kafka.messages'::regclass AND attnum > 0
+ ORDER BY attnum;
+
+-- The worker runs and shows itself (it may be restarting: the database
+-- did not exist yet when the server started)
+DO $$
+BEGIN
+	FOR i IN 1..600 LOOP
+		EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'kafka_producer');
+		PERFORM pg_sleep(0.05);
+		PERFORM pg_stat_clear_snapshot();
+	END LOOP;
+END
+$$;
+SELECT backend_type, application_name
+  FROM pg_stat_activity WHERE backend_type = 'kafka_producer';
+
+-- Only the database named by kafka.database can have the extension
+CREATE DATABASE kafka_other;
+\c kafka_other
+CREATE EXTENSION kafka_producer;
+\c contrib_regression
+DROP DATABASE kafka_other;
+
+-- Functions are not for everyone
+SELECT p.proname, p.proacl IS NOT NULL AND NOT has_function_privilege('public', p.oid, 'EXECUTE') AS revoked
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
+ WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'kafka_producer')
+ ORDER BY 1;
