@@ -1,0 +1,37 @@
+"""pytest fixtures: one mock cluster and one PostgreSQL for the session."""
+
+import pytest
+
+from harness import MockCluster, PgCluster
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    cluster = MockCluster(brokers=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg(kafka):
+    cluster = PgCluster({
+        "kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+        "kafka.status_retention": "'1d'",
+    })
+    cluster.query("CREATE EXTENSION kafka_producer")
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def settings(pg):
+    """Changes kafka.* settings for one test and restores them after."""
+    changed = set()
+
+    def apply(**values):
+        changed.update(values)
+        pg.set_config(**values)
+
+    yield apply
+    if changed:
+        pg.set_config(**{name: None for name in changed})

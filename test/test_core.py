@@ -1,0 +1,263 @@
+"""End-to-end tests of the core: what kafka_send() commits reaches Kafka,
+read back with kafka-python, and kafka.messages tells its fate."""
+
+import json
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from harness import PgCluster, consume_all, terminate, wait_until
+from workload import Workload, account
+
+
+def send(pg, topic, value, **args):
+    names = "".join(f", {name} => %({name})s" for name in args)
+    return pg.scalar(f"SELECT kafka_send(%(topic)s, %(value)s{names})",
+                     dict(topic=topic, value=value, **args))
+
+
+def message(pg, message_id):
+    rows = pg.query("SELECT status, \"partition\", \"offset\", attempts, error "
+                    "FROM kafka.messages WHERE id = %s", (message_id,))
+    return rows[0] if rows else None
+
+
+def test_quickstart(pg, kafka):
+    """The README's quick start: a JSON message with a key, committed,
+    arrives in Kafka; its row turns delivered with Kafka's partition and
+    offset."""
+    message_id = pg.scalar("""SELECT kafka_send('orders', '{"id":1}'::jsonb, key => '1')""")
+    pg.wait_until_final("orders")
+    status, partition, offset, attempts, error = message(pg, message_id)
+    assert (status, attempts, error) == ("delivered", 1, None)
+
+    records = [r for r in consume_all(kafka.bootstrap, "orders") if r.key == b"1"]
+    assert len(records) == 1
+    assert json.loads(records[0].value) == {"id": 1}
+    assert (records[0].partition, records[0].offset) == (partition, offset)
+    # it waited for CREATE EXTENSION once, quietly
+    assert pg.log_text().count("is waiting for CREATE EXTENSION") == 1
+
+
+def test_rollback_sends_nothing(pg, kafka):
+    conn = pg.connect(autocommit=False)
+    cur = conn.cursor()
+    cur.execute("SELECT kafka_send('rollback', 'rolled back')")
+    conn.rollback()
+    cur.execute("SELECT kafka_send('rollback', 'kept')")
+    cur.execute("SAVEPOINT s")
+    cur.execute("SELECT kafka_send('rollback', 'undone in savepoint')")
+    cur.execute("ROLLBACK TO SAVEPOINT s")
+    conn.commit()
+    conn.close()
+    assert pg.wait_until_final("rollback") == {"delivered": 1}
+    assert [r.value for r in consume_all(kafka.bootstrap, "rollback")] == [b"kept"]
+
+
+def test_encodings_headers_partition_tombstone(pg, kafka):
+    ids = [
+        send(pg, "shapes", b"\x00\xffraw", key=b"\x01"),
+        send(pg, "shapes", "grüße", key="text"),
+        pg.scalar("SELECT kafka_send('shapes', '{\"b\": [1, 2], \"a\": null}'::jsonb)"),
+        pg.scalar("SELECT kafka_send('shapes', NULL::text, key => 'gone')"),
+        send(pg, "shapes", "to partition 2", partition=2,
+             headers=json.dumps({"trace-id": "abc", "empty": None})),
+    ]
+    pg.wait_until_final("shapes")
+    records = {(r.partition, r.offset): r for r in consume_all(kafka.bootstrap, "shapes")}
+    by_value = {r.value: r for r in records.values()}
+    assert by_value[b"\x00\xffraw"].key == b"\x01"
+    assert by_value["grüße".encode()].key == b"text"
+    assert json.loads(by_value[b'{"a": null, "b": [1, 2]}'].value) == {"a": None, "b": [1, 2]}
+    assert by_value[None].key == b"gone"
+    routed = by_value[b"to partition 2"]
+    assert routed.partition == 2
+    assert sorted(routed.headers) == [("empty", None), ("trace-id", b"abc")]
+    for message_id in ids:
+        status, partition, offset, _, _ = message(pg, message_id)
+        assert status == "delivered"
+        assert (partition, offset) in records
+
+
+def test_concurrent_sessions_with_rollbacks(pg, kafka):
+    """Four sessions, a quarter of their transactions rolled back: every
+    committed message exactly once, nothing rolled back, per-key order."""
+    workload = Workload(pg, "concurrent", keys=20)
+    workload.run(sessions=4, transactions=60, max_size=25, rollback_rate=0.25)
+    pg.wait_until_final("concurrent")
+    counts = account(pg, kafka.bootstrap, workload, "concurrent sessions")
+    assert counts["committed"] > 1000 and counts["rolled_back"] > 0
+    assert counts["delivered"] == counts["committed"]
+    for bad in ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch"):
+        assert counts[bad] == 0, bad
+
+
+def test_one_large_transaction(pg, kafka):
+    pg.query("SELECT kafka_send('large', i::text, key => (i % 100)::text) "
+             "FROM generate_series(1, 50000) i")
+    assert pg.wait_until_final("large") == {"delivered": 50000}
+    records = consume_all(kafka.bootstrap, "large")
+    assert sorted(int(r.value) for r in records) == list(range(1, 50001))
+    per_key = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        per_key.setdefault(r.key, []).append(int(r.value))
+    assert all(v == sorted(v) for v in per_key.values())
+
+
+def test_outage_keeps_messages_pending_then_delivers_in_order(pg, kafka, settings):
+    """All brokers down longer than message_timeout_ms: attempts fail with
+    a transient error, the messages stay pending and are sent again, in
+    order, once the cluster is back."""
+    settings(message_timeout_ms=1500, max_attempts=0)
+    workload = Workload(pg, "outage", keys=10, seed=2)
+    workload.run(sessions=2, transactions=5, max_size=10, rollback_rate=0.2)
+    pg.wait_until_final("outage")
+    for broker in (1, 2, 3):
+        kafka.command(f"down {broker}")
+    try:
+        workload.run(sessions=2, transactions=20, max_size=10, rollback_rate=0.2)
+        wait_until(lambda: pg.scalar(
+            "SELECT count(*) FROM kafka.messages WHERE topic = 'outage' "
+            "AND status = 'pending' AND attempts >= 1 AND error LIKE '\\_MSG_TIMED_OUT:%%'"),
+            60, what="transient failures to be recorded")
+        assert pg.scalar("SELECT count(*) FROM kafka.messages "
+                         "WHERE topic = 'outage' AND status = 'failed'") == 0
+    finally:
+        for broker in (1, 2, 3):
+            kafka.command(f"up {broker}")
+    pg.wait_until_final("outage")
+    counts = account(pg, kafka.bootstrap, workload, "broker outage")
+    assert counts["delivered"] == counts["committed"]
+    for bad in ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch"):
+        assert counts[bad] == 0, bad
+
+
+def test_attempts_exhausted_then_retried(pg, kafka, settings):
+    settings(message_timeout_ms=500, max_attempts=2)
+    for broker in (1, 2, 3):
+        kafka.command(f"down {broker}")
+    try:
+        message_id = send(pg, "exhausted", "v", key="k")
+        wait_until(lambda: message(pg, message_id)[0] == "failed", 60,
+                   what="the message to fail")
+        status, _, _, attempts, error = message(pg, message_id)
+        assert attempts == 2
+        assert error.startswith("_MSG_TIMED_OUT: ")
+        assert pg.scalar("SELECT value FROM kafka.failed WHERE id = %s",
+                         (message_id,)).tobytes() == b"v"
+    finally:
+        for broker in (1, 2, 3):
+            kafka.command(f"up {broker}")
+    assert pg.scalar("SELECT kafka_retry_failed('exhausted')") == 1
+    assert pg.wait_until_final("exhausted") == {"delivered": 1}
+    assert [r.value for r in consume_all(kafka.bootstrap, "exhausted")] == [b"v"]
+
+
+@pytest.mark.parametrize("error", ["MSG_SIZE_TOO_LARGE", "INVALID_RECORD"])
+def test_permanent_error_fails_exactly_those_then_retry(pg, kafka, error):
+    """A non-retriable error from the broker marks the affected message
+    failed with Kafka's error; kafka_retry() later delivers it."""
+    topic = f"refused_{error.lower()}"
+    first = send(pg, topic, "before", key="k")
+    pg.wait_until_final(topic)
+    kafka.command(f"produce_errors {error} 1")
+    refused = send(pg, topic, "refused", key="k")
+    wait_until(lambda: message(pg, refused)[0] != "pending", 60,
+               what="the refused message")
+    status, _, _, attempts, text = message(pg, refused)
+    assert (status, attempts) == ("failed", 1)
+    assert text.startswith(f"{error}: Broker: ")
+    after = send(pg, topic, "after", key="k")
+    pg.wait_until_final(topic)
+    assert message(pg, first)[0] == "delivered"
+    assert message(pg, after)[0] == "delivered"
+
+    pg.query("SELECT kafka_retry(%s)", (refused,))
+    pg.wait_until_final(topic)
+    assert message(pg, refused)[0] == "delivered"
+    values = [r.value for r in sorted(consume_all(kafka.bootstrap, topic),
+                                      key=lambda r: r.offset)]
+    assert values == [b"before", b"after", b"refused"]
+
+
+def test_unauthorized_topic_fails_until_retried(pg, kafka):
+    """TOPIC_AUTHORIZATION_FAILED fails the message (librdkafka also fails
+    the topic's next messages until it refreshes metadata); once the topic
+    is usable again, kafka_retry_failed() delivers what failed."""
+    topic = "unauthorized"
+    send(pg, topic, "before")
+    pg.wait_until_final(topic)
+    kafka.command("produce_errors TOPIC_AUTHORIZATION_FAILED 1")
+    refused = send(pg, topic, "refused")
+    wait_until(lambda: message(pg, refused)[0] == "failed", 60,
+               what="the refused message")
+    assert message(pg, refused)[4] == \
+        "TOPIC_AUTHORIZATION_FAILED: Broker: Topic authorization failed"
+
+    def retried_and_delivered():
+        pg.query("SELECT kafka_retry_failed(%s)", (topic,))
+        pg.wait_until_final(topic)
+        return pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = %s "
+                         "AND status = 'failed'", (topic,)) == 0
+    wait_until(retried_and_delivered, 60, interval=1, what="a successful retry")
+    values = sorted(r.value for r in consume_all(kafka.bootstrap, topic))
+    assert values == [b"before", b"refused"]
+
+
+def test_worker_restarts_after_sigterm_and_sigkill(pg, kafka):
+    """The worker stops on SIGTERM after flushing and is started again; a
+    SIGKILL makes PostgreSQL restart all backends.  Nothing is lost."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        topic = f"restart_{sig.name.lower()}"
+        workload = Workload(pg, topic, keys=10, seed=sig)
+        runner = threading.Thread(target=workload.run,
+                                  kwargs=dict(sessions=2, transactions=40, max_size=50))
+        runner.start()
+        time.sleep(0.5)
+        old = pg.worker_pid()
+        terminate(old, sig)
+        runner.join()
+        pg.wait_for_worker(other_than=old)
+        pg.wait_until_final(topic)
+        counts = account(pg, kafka.bootstrap, workload, f"worker {sig.name}")
+        assert counts["lost"] == 0 and counts["leaked"] == 0
+        assert counts["out_of_order"] == 0 and counts["status_mismatch"] == 0
+        if sig == signal.SIGTERM:
+            assert counts["duplicated"] == 0
+
+
+def test_reload_mid_drain(pg, kafka, settings):
+    """Changed producer settings rebuild the producer without losing or
+    duplicating a message."""
+    pg.query("SELECT kafka_send('reload', i::text, key => (i % 7)::text) "
+             "FROM generate_series(1, 100000) i")
+    settings(linger_ms=50, compression_type="lz4", acks="1", enable_idempotence="off")
+    time.sleep(0.3)
+    settings(linger_ms=0, compression_type="zstd", acks="all", enable_idempotence="on")
+    assert pg.wait_until_final("reload") == {"delivered": 100000}
+    values = [int(r.value) for r in consume_all(kafka.bootstrap, "reload")]
+    assert sorted(values) == list(range(1, 100001))
+    assert "restarting the Kafka producer" in pg.log_text()
+
+
+def test_delivered_rows_pruned_after_retention(pg, settings):
+    message_id = send(pg, "pruned", "v")
+    pg.wait_until_final("pruned")
+    settings(status_retention=0)
+    wait_until(lambda: message(pg, message_id) is None, 60,
+               what="the delivered row to be pruned")
+
+
+def test_requires_preloading(kafka):
+    cluster = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'"},
+                        preload=False)
+    try:
+        with pytest.raises(psycopg2.Error) as error:
+            cluster.query("CREATE EXTENSION kafka_producer")
+        assert error.value.pgcode == "55000"
+        assert "must be loaded via shared_preload_libraries" in str(error.value)
+    finally:
+        cluster.destroy()
