@@ -37,12 +37,18 @@ static SPIPlanPtr delivered_plan = NULL;
 static SPIPlanPtr failed_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
 
+/*
+ * Plans are generic, always: a custom plan for a batch of 10,000 ids would
+ * estimate unnest() exactly and prefer a hash join over a sequential scan
+ * of the whole outbox to 10,000 index probes; the generic plan does not.
+ */
 static SPIPlanPtr
 prepare_once(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes)
 {
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(query, nargs, argtypes);
+		SPIPlanPtr	p = SPI_prepare_cursor(query, nargs, argtypes,
+										   CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s", query,

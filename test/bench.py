@@ -1,0 +1,130 @@
+"""Benchmark: enqueue and drain throughput, each next to a baseline measured
+in the same run on the same machine, and the write cost per message.
+
+  enqueue   SELECT kafka_send(...) FROM generate_series(1, N) in one
+            transaction  vs  INSERT of the same rows into a plain table
+  drain     N committed messages until all are delivered  vs  kcat
+            producing the same N messages to the same mock cluster with
+            the same acks, compression and linger
+  WAL       bytes written per message by the enqueue and by the drain
+
+Run it as a non-root user once the extension is installed:
+    /usr/bin/python3 test/bench.py [N] [ROUNDS]
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import MockCluster, PgCluster, wait_until  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+VALUE = "x" * 80
+
+PLAIN_INSERT = """INSERT INTO bench_plain (topic, key, value)
+    SELECT %(topic)s, convert_to((i %% 1000)::text, 'UTF8'), convert_to(%(value)s, 'UTF8')
+      FROM generate_series(1, %(n)s) i"""
+KAFKA_SEND = """SELECT count(kafka_send(%(topic)s, %(value)s, key => (i %% 1000)::text))
+      FROM generate_series(1, %(n)s) i"""
+
+
+def timed(fn):
+    start = time.monotonic()
+    fn()
+    return time.monotonic() - start
+
+
+def wal_bytes(pg, fn):
+    before = pg.scalar("SELECT pg_current_wal_lsn()")
+    fn()
+    return pg.scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,))
+
+
+def drain(pg, topic):
+    """Enqueues N messages in one transaction; returns the seconds from its
+    commit until the last is delivered, and the WAL the drain wrote."""
+    pg.query(KAFKA_SEND, dict(topic=topic, value=VALUE, n=N))
+    committed = time.monotonic()
+    before = pg.scalar("SELECT pg_current_wal_lsn()")
+    wait_until(lambda: not pg.scalar("SELECT EXISTS (SELECT FROM kafka.outbox)"),
+               timeout=600, interval=0.05, what="the drain")
+    seconds = time.monotonic() - committed
+    wal = pg.scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,))
+    delivered = pg.scalar("SELECT count(*) FROM kafka.delivered WHERE topic = %s", (topic,))
+    assert delivered == N, f"{delivered} of {N} delivered"
+    return seconds, wal
+
+
+def kcat_produce(bootstrap, topic, path):
+    subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", topic, "-K:", "-l",
+                    "-X", "acks=all", "-X", "linger.ms=5", "-X", "enable.idempotence=true",
+                    "-X", "compression.type=none", path], check=True)
+
+
+def row(name, ours, base, unit="s"):
+    ratio = statistics.median(ours) / statistics.median(base)
+    print(f"{name:<34} {statistics.median(ours):8.3f} {unit}  vs {statistics.median(base):8.3f} {unit}"
+          f"   ratio {ratio:5.2f}x   (ours {min(ours):.3f}..{max(ours):.3f})")
+
+
+def main():
+    kafka = MockCluster(3)
+    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+                    "kafka.status_retention": "'1h'",
+                    "shared_buffers": "'1GB'", "max_wal_size": "'8GB'",
+                    "checkpoint_timeout": "'30min'"})
+    try:
+        pg.query("CREATE EXTENSION kafka_producer")
+        pg.query("CREATE TABLE bench_plain (id bigserial PRIMARY KEY, topic text NOT NULL, "
+                 "key bytea, value bytea, enqueued_at timestamptz NOT NULL DEFAULT now())")
+        lines = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        for i in range(1, N + 1):
+            lines.write(f"{i % 1000}:{VALUE}\n")
+        lines.close()
+
+        enqueue, insert, drains, kcats = [], [], [], []
+        enqueue_wal, insert_wal, drain_wal = [], [], []
+        for r in range(ROUNDS):
+            # enqueue while all brokers are down, so that only the enqueue is timed
+            insert_wal.append(wal_bytes(pg, lambda: insert.append(timed(
+                lambda: pg.query(PLAIN_INSERT, dict(topic="plain", value=VALUE, n=N))))))
+            pg.query("TRUNCATE bench_plain")
+            for b in (1, 2, 3):
+                kafka.command(f"down {b}")
+            enqueue_wal.append(wal_bytes(pg, lambda: enqueue.append(timed(
+                lambda: pg.query(KAFKA_SEND, dict(topic=f"enq{r}", value=VALUE, n=N))))))
+            for b in (1, 2, 3):
+                kafka.command(f"up {b}")
+            wait_until(lambda: not pg.scalar("SELECT EXISTS (SELECT FROM kafka.outbox)"),
+                       timeout=600, what="the enqueue benchmark's messages")
+            pg.query("CHECKPOINT")
+
+            kcats.append(timed(lambda: kcat_produce(kafka.bootstrap, f"kcat{r}", lines.name)))
+            seconds, wal = drain(pg, f"drain{r}")
+            drains.append(seconds)
+            drain_wal.append(wal)
+            pg.query("TRUNCATE kafka.delivered")
+            pg.query("VACUUM kafka.outbox")
+        os.unlink(lines.name)
+
+        print(f"\n{N} messages of {len(VALUE)} bytes with keys, {ROUNDS} rounds, medians")
+        row("enqueue: kafka_send vs INSERT", enqueue, insert)
+        row("drain: to delivered vs kcat", drains, kcats)
+        print(f"{'drain throughput':<34} {N / statistics.median(drains):8.0f} msg/s vs "
+              f"{N / statistics.median(kcats):8.0f} msg/s (kcat)  = "
+              f"{statistics.median(kcats) / statistics.median(drains):.2f}x kcat's")
+        print(f"{'WAL per message: enqueue':<34} {statistics.median(enqueue_wal) / N:8.0f} B"
+              f"  vs {statistics.median(insert_wal) / N:8.0f} B (INSERT)")
+        print(f"{'WAL per message: drain':<34} {statistics.median(drain_wal) / N:8.0f} B")
+    finally:
+        pg.destroy()
+        kafka.stop()
+
+
+if __name__ == "__main__":
+    main()
