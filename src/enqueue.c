@@ -40,21 +40,6 @@ PG_FUNCTION_INFO_V1(kafka_send);
 PG_FUNCTION_INFO_V1(kafka_wake_worker);
 PG_FUNCTION_INFO_V1(kafka_check_database);
 
-/* kafka.outbox's columns, in table order */
-enum
-{
-	OUTBOX_ID,
-	OUTBOX_TOPIC,
-	OUTBOX_KEY,
-	OUTBOX_VALUE,
-	OUTBOX_HEADERS,
-	OUTBOX_PARTITION,
-	OUTBOX_ATTEMPTS,
-	OUTBOX_LAST_ERROR,
-	OUTBOX_ENQUEUED_AT,
-	OUTBOX_NATTS
-};
-
 #define KP_TOPIC_MAX_LEN 249
 
 /* How a key or value argument of a given type becomes bytes. */
@@ -317,21 +302,6 @@ send_cache(FunctionCallInfo fcinfo)
 	return cache;
 }
 
-static Oid
-kafka_relation_oid(const char *name)
-{
-	Oid			nsp = get_namespace_oid(KP_SCHEMA_NAME, false);
-	Oid			relid = get_relname_relid(name, nsp);
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"%s.%s\" of extension \"%s\" is missing",
-						KP_SCHEMA_NAME, name, KP_EXTENSION_NAME),
-				 errhint("Drop and create the extension again.")));
-	return relid;
-}
-
 /* Adds the new heap tuple to every index of kafka.outbox. */
 static void
 insert_index_entries(Relation rel, HeapTuple tuple, Datum *values,
@@ -368,15 +338,11 @@ insert_index_entries(Relation rel, HeapTuple tuple, Datum *values,
 static int64
 insert_outbox_row(Datum *values, bool *nulls)
 {
-	Relation	rel = table_open(kafka_relation_oid("outbox"), RowExclusiveLock);
+	Relation	rel = kp_outbox_open(RowExclusiveLock);
 	HeapTuple	tuple;
 	int64		id;
 
-	if (RelationGetDescr(rel)->natts != OUTBOX_NATTS)
-		elog(ERROR, "kafka.outbox has %d columns, expected %d",
-			 RelationGetDescr(rel)->natts, OUTBOX_NATTS);
-
-	id = nextval_internal(kafka_relation_oid("message_id_seq"), false);
+	id = nextval_internal(kp_relation_oid("message_id_seq"), false);
 	values[OUTBOX_ID] = Int64GetDatum(id);
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tuple);

@@ -15,7 +15,9 @@
 
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
+#include "storage/lockdefs.h"
 #include "storage/spin.h"
+#include "utils/relcache.h"
 
 #define KP_EXTENSION_NAME "kafka_producer"
 #define KP_SCHEMA_NAME "kafka"
@@ -118,7 +120,24 @@ extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 						  int32 partition, int64 offset,
 						  rd_kafka_resp_err_t err);
 
-/* outbox.c: the worker's reads and writes of the kafka.* tables */
+/* kafka.outbox's columns, in table order */
+typedef enum KpOutboxColumn
+{
+	OUTBOX_ID,
+	OUTBOX_TOPIC,
+	OUTBOX_KEY,
+	OUTBOX_VALUE,
+	OUTBOX_HEADERS,
+	OUTBOX_PARTITION,
+	OUTBOX_ATTEMPTS,
+	OUTBOX_LAST_ERROR,
+	OUTBOX_ENQUEUED_AT,
+	OUTBOX_NATTS
+} KpOutboxColumn;
+
+/* outbox.c: the kafka.* tables; the worker's reads and writes of them */
+extern Oid	kp_relation_oid(const char *name);
+extern Relation kp_outbox_open(LOCKMODE lockmode);
 extern bool kp_outbox_present(void);
 extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,
 								  bool *queue_full);

@@ -339,6 +339,8 @@ deliver(MemoryContext loop_context)
 	{
 		bool		more;
 
+		/* transactions leave CurrentMemoryContext at TopMemoryContext */
+		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
