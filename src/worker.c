@@ -44,6 +44,13 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 #define KP_ERROR_BACKOFF_MS 1000
 #define KP_PRUNE_INTERVAL_MS 10000
 
+/*
+ * Messages handed to librdkafka but not yet recorded.  Recording is the
+ * slower half of the pipeline, so a few batches keep librdkafka busy; more
+ * would only widen what a crash resends (acknowledged, not yet recorded).
+ */
+#define KP_MAX_IN_FLIGHT 30000
+
 static KpReportBuffer reports;
 static int64 scan_after = 0;	/* next scan reads ids above this */
 static bool rewinding = false;	/* resend pending: drain, then rescan */
@@ -251,7 +258,8 @@ send_pending(void)
 		rewinding = false;
 		scan_after = 0;
 	}
-	if (rewinding || queue_full || !kp_producer_running())
+	if (rewinding || queue_full || !kp_producer_running() ||
+		kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT)
 		return false;
 
 	/* taken before the scan's snapshot: see kp_shmem_notify_commit */

@@ -1,0 +1,170 @@
+"""Fault tests: brokers down, leader changes, injected produce errors,
+crashes and a full local queue while messages are enqueued and drained.
+Each prints one line of counts; lost, leaked and out-of-order must be 0,
+duplicates too except after a crash (see README, Guarantees)."""
+
+import json
+import signal
+import threading
+import time
+from collections import defaultdict
+
+from harness import consume_all, terminate, wait_until
+from workload import Workload, account
+
+BAD = ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch")
+# the worker's cap on messages handed to librdkafka but not yet recorded
+# (KP_MAX_IN_FLIGHT): what a crash can make it send twice
+CRASH_DUPLICATES_BOUND = 30000
+
+
+def assert_clean(counts, allow_duplicates=False):
+    assert counts["delivered"] == counts["committed"] - counts["lost"]
+    for bad in BAD:
+        if bad == "duplicated" and allow_duplicates:
+            continue
+        assert counts[bad] == 0, bad
+
+
+def enqueue_series(pg, topic, n, keys=100):
+    """n messages in one statement: value {"n": i}, key i % keys, so each
+    key's numbers must reach Kafka in increasing order."""
+    pg.query("SELECT count(kafka_send(%s, json_build_object('n', i)::text, "
+             "key => (i %% %s)::text)) FROM generate_series(1, %s) i", (topic, keys, n))
+
+
+def account_series(pg, bootstrap, topic, n, name):
+    records = consume_all(bootstrap, topic)
+    seen = defaultdict(int)
+    last = {}
+    out_of_order = 0
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        number = json.loads(r.value)["n"]
+        seen[number] += 1
+        if seen[number] == 1:
+            if number < last.get(r.key, 0):
+                out_of_order += 1
+            last[r.key] = number
+    delivered = pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = %s "
+                          "AND status = 'delivered'", (topic,))
+    counts = {
+        "committed": n,
+        "delivered": len(seen),
+        "lost": sum(1 for i in range(1, n + 1) if i not in seen),
+        "leaked": sum(1 for i in seen if not 1 <= i <= n),
+        "duplicated": sum(c - 1 for c in seen.values()),
+        "out_of_order": out_of_order,
+        "status_mismatch": n - delivered,
+    }
+    print(f"\n{name}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
+
+
+def all_brokers(kafka, state):
+    for broker in (1, 2, 3):
+        kafka.command(f"{state} {broker}")
+
+
+def test_whole_cluster_down_30s(pg, kafka):
+    """Every broker down for 30 s while about 50,000 messages are enqueued
+    by concurrent sessions with rollbacks."""
+    workload = Workload(pg, "fault_cluster_down", keys=50, seed=11)
+    all_brokers(kafka, "down")
+    down_at = time.monotonic()
+    try:
+        workload.run(sessions=4, transactions=320, max_size=100, rollback_rate=0.2)
+        assert pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = %s "
+                         "AND status = 'delivered'", (workload.topic,)) == 0
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+    finally:
+        all_brokers(kafka, "up")
+    pg.wait_until_final(workload.topic, timeout=300)
+    counts = account(pg, kafka.bootstrap, workload, "whole cluster down 30 s")
+    assert counts["committed"] > 45000
+    assert_clean(counts)
+
+
+def test_first_bootstrap_broker_down_then_leader_change(pg, kafka):
+    """Broker 1, named first in kafka.bootstrap_servers, goes down; its
+    partitions move to the others; then leadership moves again."""
+    topic = "fault_leaders"
+    kafka.command(f"create {topic} 4 3")
+    workload = Workload(pg, topic, keys=20, seed=12)
+    runner = threading.Thread(target=workload.run,
+                              kwargs=dict(sessions=3, transactions=120, max_size=30))
+    runner.start()
+    try:
+        time.sleep(0.5)
+        kafka.command("down 1")
+        for partition in range(4):
+            kafka.command(f"leader {topic} {partition} {2 + partition % 2}")
+        time.sleep(2)
+        for partition in range(4):
+            kafka.command(f"leader {topic} {partition} {3 - partition % 2}")
+    finally:
+        runner.join()
+        kafka.command("up 1")
+    pg.wait_until_final(topic)
+    assert_clean(account(pg, kafka.bootstrap, workload, "bootstrap broker down, leader changes"))
+
+
+def test_retriable_produce_errors(pg, kafka):
+    """Produce requests failing with retriable errors are retried by the
+    idempotent producer: nothing lost, duplicated or reordered."""
+    workload = Workload(pg, "fault_retriable", keys=20, seed=13)
+    runner = threading.Thread(target=workload.run,
+                              kwargs=dict(sessions=3, transactions=100, max_size=30))
+    runner.start()
+    try:
+        for error in ("NOT_LEADER_FOR_PARTITION", "REQUEST_TIMED_OUT",
+                      "NOT_ENOUGH_REPLICAS", "LEADER_NOT_AVAILABLE"):
+            time.sleep(0.3)
+            kafka.command(f"produce_errors {error} 5")
+    finally:
+        runner.join()
+    pg.wait_until_final(workload.topic)
+    counts = account(pg, kafka.bootstrap, workload, "retriable produce errors")
+    assert_clean(counts)
+    assert pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = %s "
+                     "AND status = 'failed'", (workload.topic,)) == 0
+
+
+def drain_with_crash(pg, kafka, topic, crash):
+    n = 200000
+    enqueue_series(pg, topic, n)
+    wait_until(lambda: pg.scalar("SELECT count(*) > 10000 FROM kafka.delivered "
+                                 "WHERE topic = %s", (topic,)),
+               60, interval=0.02, what="the drain to be under way")
+    crash()
+    pg.wait_for_worker()
+    pg.wait_until_final(topic, timeout=300)
+    return account_series(pg, kafka.bootstrap, topic, n, f"{topic} (200,000 messages)")
+
+
+def test_immediate_stop_mid_drain(pg, kafka):
+    def crash():
+        pg.stop("immediate")
+        pg.start()
+    counts = drain_with_crash(pg, kafka, "fault_immediate_stop", crash)
+    assert_clean(counts, allow_duplicates=True)
+    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND
+
+
+def test_worker_sigkill_mid_drain(pg, kafka):
+    def crash():
+        terminate(pg.worker_pid(), signal.SIGKILL)
+        time.sleep(1)
+    counts = drain_with_crash(pg, kafka, "fault_worker_sigkill", crash)
+    assert_clean(counts, allow_duplicates=True)
+    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND
+
+
+def test_local_queue_full(pg, kafka, settings):
+    """librdkafka's queue holds only 500 messages: the worker waits for room
+    instead of failing anything."""
+    settings(producer_properties="queue.buffering.max.messages=500")
+    topic = "fault_queue_full"
+    enqueue_series(pg, topic, 50000)
+    pg.wait_until_final(topic)
+    counts = account_series(pg, kafka.bootstrap, topic, 50000, "local queue full")
+    assert_clean(counts)
