@@ -7,6 +7,9 @@ in the same run on the same machine, and the write cost per message.
             producing the same N messages to the same mock cluster with
             the same acks, compression and linger
   WAL       bytes written per message by the enqueue and by the drain
+  latency   commit -> delivered, p50 and p99, at a steady 1,000 msg/s, for
+            several kafka.linger_ms values
+  memory    the worker's private RSS before, during and after the drains
 
 Run it as a non-root user once the extension is installed:
     /usr/bin/python3 test/bench.py [N] [ROUNDS]
@@ -17,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +64,38 @@ def drain(pg, topic):
     return seconds, wal
 
 
+def rss_kb(pid):
+    """Private resident memory: shared buffers the worker touched are left out."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def steady_latency(pg, topic, rate=1000, seconds=10):
+    """Sends rate messages a second, each in its own transaction; returns
+    p50 and p99 of delivered_at - enqueued_at in milliseconds."""
+    conn = pg.connect()
+    cur = conn.cursor()
+    # the topic's creation delays its first messages: not what is measured
+    cur.execute("SELECT kafka_send(%s, 'warm-up')", (topic,))
+    pg.wait_until_final(topic)
+    cur.execute("TRUNCATE kafka.delivered")
+    start = time.monotonic()
+    for i in range(rate * seconds):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        cur.execute("SELECT kafka_send(%s, %s, key => %s)", (topic, VALUE, str(i % 100)))
+    conn.close()
+    pg.wait_until_final(topic)
+    return pg.query("""SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                              percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+                         FROM (SELECT extract(epoch FROM delivered_at - enqueued_at) * 1000 AS ms
+                                 FROM kafka.delivered WHERE topic = %s) d""", (topic,))[0]
+
+
 def kcat_produce(bootstrap, topic, path):
     subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", topic, "-K:", "-l",
                     "-X", "acks=all", "-X", "linger.ms=5", "-X", "enable.idempotence=true",
@@ -87,6 +123,8 @@ def main():
             lines.write(f"{i % 1000}:{VALUE}\n")
         lines.close()
 
+        worker = pg.wait_for_worker()
+        rss = {"before": rss_kb(worker), "during": 0}
         enqueue, insert, drains, kcats = [], [], [], []
         enqueue_wal, insert_wal, drain_wal = [], [], []
         for r in range(ROUNDS):
@@ -105,12 +143,29 @@ def main():
             pg.query("CHECKPOINT")
 
             kcats.append(timed(lambda: kcat_produce(kafka.bootstrap, f"kcat{r}", lines.name)))
+            sampling = [True]
+
+            def sample():
+                while sampling[0]:
+                    rss["during"] = max(rss["during"], rss_kb(worker))
+                    time.sleep(0.1)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
             seconds, wal = drain(pg, f"drain{r}")
+            sampling[0] = False
+            sampler.join()
             drains.append(seconds)
             drain_wal.append(wal)
             pg.query("TRUNCATE kafka.delivered")
             pg.query("VACUUM kafka.outbox")
         os.unlink(lines.name)
+        rss["after"] = rss_kb(worker)
+
+        latencies = {}
+        for linger in (0, 5, 50):
+            pg.set_config(linger_ms=linger)
+            time.sleep(1)
+            latencies[linger] = steady_latency(pg, f"latency{linger}")
 
         print(f"\n{N} messages of {len(VALUE)} bytes with keys, {ROUNDS} rounds, medians")
         row("enqueue: kafka_send vs INSERT", enqueue, insert)
@@ -121,6 +176,11 @@ def main():
         print(f"{'WAL per message: enqueue':<34} {statistics.median(enqueue_wal) / N:8.0f} B"
               f"  vs {statistics.median(insert_wal) / N:8.0f} B (INSERT)")
         print(f"{'WAL per message: drain':<34} {statistics.median(drain_wal) / N:8.0f} B")
+        for linger, (p50, p99) in latencies.items():
+            print(f"{'latency at 1,000 msg/s, linger ' + str(linger) + ' ms':<34} "
+                  f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+        print(f"{'worker private RSS':<34} before {rss['before'] / 1024:.1f} MB, during drains "
+              f"(max) {rss['during'] / 1024:.1f} MB, after {rss['after'] / 1024:.1f} MB")
     finally:
         pg.destroy()
         kafka.stop()
