@@ -219,25 +219,16 @@ kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf, bool *queue_full)
 	return last_id;
 }
 
-static ArrayType *
-int8_array(int64 *values, int count)
+static Datum
+array_of(Datum *elements, int count, Oid element_type)
 {
-	Datum	   *datums = palloc(count * sizeof(Datum));
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
 
-	for (int i = 0; i < count; i++)
-		datums[i] = Int64GetDatum(values[i]);
-	return construct_array(datums, count, INT8OID, 8, FLOAT8PASSBYVAL,
-						   TYPALIGN_DOUBLE);
-}
-
-static ArrayType *
-int4_array(int32 *values, int count)
-{
-	Datum	   *datums = palloc(count * sizeof(Datum));
-
-	for (int i = 0; i < count; i++)
-		datums[i] = Int32GetDatum(values[i]);
-	return construct_array(datums, count, INT4OID, 4, true, TYPALIGN_INT);
+	get_typlenbyvalalign(element_type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elements, count, element_type,
+										   typlen, typbyval, typalign));
 }
 
 static void
@@ -254,9 +245,9 @@ static void
 record_delivered(KpReportBuffer *buf, int count)
 {
 	Oid			argtypes[] = {INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
-	int64	   *ids = palloc(count * sizeof(int64));
-	int32	   *partitions = palloc(count * sizeof(int32));
-	int64	   *offsets = palloc(count * sizeof(int64));
+	Datum	   *ids = palloc(count * sizeof(Datum));
+	Datum	   *partitions = palloc(count * sizeof(Datum));
+	Datum	   *offsets = palloc(count * sizeof(Datum));
 	Datum		args[3];
 	int			n = 0;
 
@@ -266,9 +257,9 @@ record_delivered(KpReportBuffer *buf, int count)
 
 		if (r->outcome != KP_DELIVERED)
 			continue;
-		ids[n] = r->id;
-		partitions[n] = r->partition;
-		offsets[n] = r->offset;
+		ids[n] = Int64GetDatum(r->id);
+		partitions[n] = Int32GetDatum(r->partition);
+		offsets[n] = Int64GetDatum(r->offset);
 		n++;
 	}
 	prepare_once(&delivered_plan,
@@ -280,9 +271,9 @@ record_delivered(KpReportBuffer *buf, int count)
 				 "SELECT id, topic, key, part, CASE WHEN off >= 0 THEN off END, "
 				 "  attempts + 1, enqueued_at, now() FROM moved",
 				 3, argtypes);
-	args[0] = PointerGetDatum(int8_array(ids, n));
-	args[1] = PointerGetDatum(int4_array(partitions, n));
-	args[2] = PointerGetDatum(int8_array(offsets, n));
+	args[0] = array_of(ids, n, INT8OID);
+	args[1] = array_of(partitions, n, INT4OID);
+	args[2] = array_of(offsets, n, INT8OID);
 	execute_plan(delivered_plan, args, SPI_OK_INSERT);
 }
 
@@ -296,7 +287,7 @@ record_failures(KpReportBuffer *buf, int count)
 {
 	Oid			argtypes[] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 	BOOLARRAYOID, INT4OID};
-	int64	   *ids = palloc(count * sizeof(int64));
+	Datum	   *ids = palloc(count * sizeof(Datum));
 	Datum	   *codes = palloc(count * sizeof(Datum));
 	Datum	   *texts = palloc(count * sizeof(Datum));
 	Datum	   *permanent = palloc(count * sizeof(Datum));
@@ -309,7 +300,7 @@ record_failures(KpReportBuffer *buf, int count)
 
 		if (r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE)
 			continue;
-		ids[n] = r->id;
+		ids[n] = Int64GetDatum(r->id);
 		codes[n] = CStringGetTextDatum(rd_kafka_err2name(r->err));
 		texts[n] = CStringGetTextDatum(rd_kafka_err2str(r->err));
 		permanent[n] = BoolGetDatum(r->outcome == KP_FAILED);
@@ -330,13 +321,10 @@ record_failures(KpReportBuffer *buf, int count)
 				 "FROM r WHERE o.id = r.id "
 				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))",
 				 5, argtypes);
-	args[0] = PointerGetDatum(int8_array(ids, n));
-	args[1] = PointerGetDatum(construct_array(codes, n, TEXTOID, -1, false,
-											  TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(texts, n, TEXTOID, -1, false,
-											  TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(permanent, n, BOOLOID, 1, true,
-											  TYPALIGN_CHAR));
+	args[0] = array_of(ids, n, INT8OID);
+	args[1] = array_of(codes, n, TEXTOID);
+	args[2] = array_of(texts, n, TEXTOID);
+	args[3] = array_of(permanent, n, BOOLOID);
 	args[4] = Int32GetDatum(kp_max_attempts);
 	execute_plan(failed_plan, args, SPI_OK_UPDATE);
 }
