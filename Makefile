@@ -8,11 +8,12 @@ OBJS = \
 	src/enqueue.o \
 	src/worker.o \
 	src/producer.o \
-	src/outbox.o
+	src/outbox.o \
+	src/notify.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry
+REGRESS = setup send config retry wait
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

@@ -96,6 +96,19 @@ COMMENT ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) IS
 CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_wake_worker';
 
+/*
+ * Waits until a message is delivered or failed, or the timeout passes;
+ * returns its status.  Outcomes are also announced by the worker with
+ * NOTIFY kafka_delivery, payload '<status>:<ids>' as in '17,20-31'.
+ */
+CREATE FUNCTION kafka_wait(message_id bigint, timeout interval DEFAULT '30 seconds')
+	RETURNS text
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+	AS 'MODULE_PATHNAME', 'kafka_wait';
+
+COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
+	'wait for a message''s final status: delivered, failed, or pending after the timeout';
+
 CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
 	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -152,6 +165,7 @@ COMMENT ON FUNCTION kafka_retry_failed(text) IS
 	're-queue every failed message, or those of one topic; returns how many';
 
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;

@@ -10,6 +10,8 @@ SELECT 900000000 + n, t, 'k', 'v', NULL, NULL, 1,
 SELECT id - :first AS n, topic, status, attempts, error
   FROM kafka.messages WHERE topic LIKE 'retry%' ORDER BY id;
 
+-- a failed message is final: kafka_wait() returns at once
+SELECT kafka_wait(:first, '1 minute');
 SELECT kafka_retry(:first);
 SELECT id - :first AS n, topic, status, attempts, error
   FROM kafka.messages WHERE topic LIKE 'retry%' ORDER BY id;

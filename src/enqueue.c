@@ -42,6 +42,14 @@ PG_FUNCTION_INFO_V1(kafka_check_database);
 
 #define KP_TOPIC_MAX_LEN 249
 
+/*
+ * What librdkafka adds to key, value and headers when it checks a message
+ * against message.max.bytes: the record's varint fields (Kafka's record
+ * format v2), and a key and a value length for each header.
+ */
+#define KP_RECORD_OVERHEAD (5 + 1 + 10 + 5 + 5 + 5 + 5)
+#define KP_HEADER_OVERHEAD (5 + 5)
+
 /* How a key or value argument of a given type becomes bytes. */
 typedef enum KpArgKind
 {
@@ -197,7 +205,7 @@ check_headers(Jsonb *headers)
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (token == WJB_KEY)
-			size += v.val.string.len;
+			size += KP_HEADER_OVERHEAD + v.val.string.len;
 		else if (token == WJB_VALUE)
 		{
 			if (v.type == jbvString)
@@ -362,7 +370,7 @@ kafka_send(PG_FUNCTION_ARGS)
 	text	   *topic;
 	Datum		values[OUTBOX_NATTS];
 	bool		nulls[OUTBOX_NATTS];
-	Size		size = 0;
+	Size		size = KP_RECORD_OVERHEAD;
 	int64		id;
 
 	kp_check_serving_database();
@@ -417,7 +425,7 @@ kafka_send(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("Kafka message is too large"),
-				 errdetail("Key, value and headers take %zu bytes; kafka.message_max_bytes is %d.",
+				 errdetail("With key, headers and Kafka's record overhead it takes %zu bytes; kafka.message_max_bytes is %d.",
 						   size, kp_message_max_bytes),
 				 errhint("Raise kafka.message_max_bytes, and the topic's max.message.bytes on the brokers.")));
 

@@ -15,6 +15,8 @@
 
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
+#include "datatype/timestamp.h"
+#include "storage/condition_variable.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
 #include "utils/relcache.h"
@@ -38,6 +40,8 @@ extern char *kp_guc_producer_fingerprint(void);
  * Locking: worker_procno and worker_pid are protected by mutex.
  * rescan_from is an atomic that backends lower (never raise) at commit and
  * the worker swaps back to PG_UINT64_MAX before each scan of the outbox.
+ * outcome_generation only grows: the worker adds one after each commit of
+ * recorded outcomes, then broadcasts outcomes_recorded.
  */
 typedef struct KpSharedState
 {
@@ -46,6 +50,8 @@ typedef struct KpSharedState
 	pid_t		worker_pid;
 	pg_atomic_uint64 rescan_from;	/* lowest id committed behind the worker's
 									 * scan position */
+	pg_atomic_uint64 outcome_generation;
+	ConditionVariable outcomes_recorded;
 } KpSharedState;
 
 extern void kp_shmem_init(void);
@@ -53,6 +59,12 @@ extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_notify_commit(int64 first_id);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
+extern void kp_shmem_announce_outcomes(void);
+extern uint64 kp_shmem_outcome_generation(void);
+extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
+
+/* notify.c: NOTIFY kafka_delivery and kafka_wait() */
+extern void kp_notify_ids(const char *status, int64 *ids, int count);
 
 /* enqueue.c: the transaction side of kafka_send() */
 extern void kp_enqueue_wake_at_commit(int64 id);

@@ -242,6 +242,16 @@ execute_plan(SPIPlanPtr plan, Datum *args, int expected)
 }
 
 static void
+notify_datums(const char *status, Datum *ids, int count)
+{
+	int64	   *values = palloc(count * sizeof(int64));
+
+	for (int i = 0; i < count; i++)
+		values[i] = DatumGetInt64(ids[i]);
+	kp_notify_ids(status, values, count);
+}
+
+static void
 record_delivered(KpReportBuffer *buf, int count)
 {
 	Oid			argtypes[] = {INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
@@ -275,6 +285,7 @@ record_delivered(KpReportBuffer *buf, int count)
 	args[1] = array_of(partitions, n, INT4OID);
 	args[2] = array_of(offsets, n, INT8OID);
 	execute_plan(delivered_plan, args, SPI_OK_INSERT);
+	notify_datums("delivered", ids, n);
 }
 
 /*
@@ -315,18 +326,27 @@ record_failures(KpReportBuffer *buf, int count)
 				 "failed AS (INSERT INTO kafka.failed "
 				 "  (id, topic, key, value, headers, \"partition\", attempts, error_code, "
 				 "   error, enqueued_at, failed_at) "
-				 "  SELECT *, now() FROM gone) "
-				 "UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
+				 "  SELECT *, now() FROM gone RETURNING id), "
+				 "retried AS (UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
 				 "  last_error = r.code || ': ' || r.msg "
-				 "FROM r WHERE o.id = r.id "
-				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))",
+				 "  FROM r WHERE o.id = r.id "
+				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))) "
+				 "SELECT id FROM failed",
 				 5, argtypes);
 	args[0] = array_of(ids, n, INT8OID);
 	args[1] = array_of(codes, n, TEXTOID);
 	args[2] = array_of(texts, n, TEXTOID);
 	args[3] = array_of(permanent, n, BOOLOID);
 	args[4] = Int32GetDatum(kp_max_attempts);
-	execute_plan(failed_plan, args, SPI_OK_UPDATE);
+	execute_plan(failed_plan, args, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+							   &isnull);
+	}
+	notify_datums("failed", ids, SPI_processed);
 }
 
 /* Writes the outcome of every report in buf; returned messages need none. */

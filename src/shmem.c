@@ -12,10 +12,13 @@
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #include "kafka_producer.h"
 
@@ -48,6 +51,8 @@ kp_shmem_startup(void)
 		kp_shared->worker_procno = -1;
 		kp_shared->worker_pid = 0;
 		pg_atomic_init_u64(&kp_shared->rescan_from, PG_UINT64_MAX);
+		pg_atomic_init_u64(&kp_shared->outcome_generation, 0);
+		ConditionVariableInit(&kp_shared->outcomes_recorded);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -124,4 +129,45 @@ kp_shmem_take_rescan_from(void)
 											  PG_UINT64_MAX);
 
 	return from > (uint64) PG_INT64_MAX ? PG_INT64_MAX : (int64) from;
+}
+
+/* Called by the worker after committing a batch of outcomes. */
+void
+kp_shmem_announce_outcomes(void)
+{
+	pg_atomic_fetch_add_u64(&kp_shared->outcome_generation, 1);
+	ConditionVariableBroadcast(&kp_shared->outcomes_recorded);
+}
+
+uint64
+kp_shmem_outcome_generation(void)
+{
+	return pg_atomic_read_u64(&kp_shared->outcome_generation);
+}
+
+/*
+ * Sleeps until the worker records outcomes after generation was read, or
+ * until deadline.  Returns false when the deadline passed.
+ */
+bool
+kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
+{
+	bool		recorded = true;
+
+	ConditionVariablePrepareToSleep(&kp_shared->outcomes_recorded);
+	while (pg_atomic_read_u64(&kp_shared->outcome_generation) == generation)
+	{
+		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																deadline);
+
+		if (remaining <= 0 ||
+			ConditionVariableTimedSleep(&kp_shared->outcomes_recorded, remaining,
+										PG_WAIT_EXTENSION))
+		{
+			recorded = pg_atomic_read_u64(&kp_shared->outcome_generation) != generation;
+			break;
+		}
+	}
+	ConditionVariableCancelSleep();
+	return recorded;
 }

@@ -215,6 +215,8 @@ record_reports(void)
 
 	if (!run_guarded(record_step))
 		return false;
+	if (reports.count > 0)
+		kp_shmem_announce_outcomes();
 	for (int i = 0; i < reports.count; i++)
 	{
 		KpOutcome	outcome = reports.reports[i].outcome;

@@ -261,3 +261,49 @@ def test_requires_preloading(kafka):
         assert "must be loaded via shared_preload_libraries" in str(error.value)
     finally:
         cluster.destroy()
+
+
+def notified_ids(conn, status, timeout=30):
+    """Ids announced with the given status on kafka_delivery so far."""
+    ids = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.poll()
+        while conn.notifies:
+            note = conn.notifies.pop(0)
+            kind, _, ranges = note.payload.partition(":")
+            assert kind in ("delivered", "failed"), note.payload
+            if kind != status:
+                continue
+            for part in ranges.split(","):
+                first, _, last = part.partition("-")
+                ids.update(range(int(first), int(last or first) + 1))
+        if ids:
+            return ids
+        time.sleep(0.05)
+    return ids
+
+
+def test_notify_and_wait(pg, kafka):
+    """The worker announces outcomes on channel kafka_delivery; kafka_wait()
+    returns a message's final status."""
+    listener = pg.connect()
+    listener.cursor().execute("LISTEN kafka_delivery")
+    conn = pg.connect(autocommit=False)
+    cur = conn.cursor()
+    cur.execute("SELECT kafka_send('notified', v::text) FROM generate_series(1, 50) v")
+    ids = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (ids[-1],)) == "delivered"
+    announced = set()
+    while not set(ids) <= announced:
+        more = notified_ids(listener, "delivered")
+        assert more, "no notification for delivered messages"
+        announced |= more
+
+    kafka.command("produce_errors MSG_SIZE_TOO_LARGE 1")
+    refused = send(pg, "notified", "refused")
+    assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (refused,)) == "failed"
+    assert refused in notified_ids(listener, "failed")
+    listener.close()
+    conn.close()

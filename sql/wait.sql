@@ -1,0 +1,35 @@
+-- kafka_wait(): waiting for a message's final status.  No broker is
+-- reachable here, so committed messages stay pending.
+
+SELECT kafka_send('waiting', 'v') AS id \gset
+SELECT kafka_wait(:id, '100 milliseconds');
+SELECT kafka_wait(:id, '0');
+
+-- bad input
+SELECT kafka_wait(NULL);
+SELECT kafka_wait(:id, NULL);
+SELECT kafka_wait(:id, '-1 second');
+SELECT kafka_wait(-1);
+BEGIN;
+SELECT kafka_send('waiting', 'mine') AS mine \gset
+\set VERBOSITY terse
+SELECT kafka_wait(:mine, '1 second');
+\set VERBOSITY default
+ROLLBACK;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT kafka_wait(:id, '1 second');
+ROLLBACK;
+
+-- statement_timeout interrupts the wait
+SET statement_timeout = '200ms';
+SELECT kafka_wait(:id, '1 minute');
+RESET statement_timeout;
+
+-- EXECUTE is enough: the status tables need no grant
+CREATE ROLE kafka_waiter;
+GRANT EXECUTE ON FUNCTION kafka_wait(bigint, interval) TO kafka_waiter;
+SET ROLE kafka_waiter;
+SELECT kafka_wait(:id, '10 milliseconds');
+RESET ROLE;
+REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM kafka_waiter;
+DROP ROLE kafka_waiter;

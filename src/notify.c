@@ -1,0 +1,173 @@
+/*-------------------------------------------------------------------------
+ *
+ * notify.c
+ *	  Tells sessions about final outcomes: the worker sends
+ *	  NOTIFY kafka_delivery in the transaction that records a batch, and
+ *	  kafka_wait() sleeps on a condition variable that the worker
+ *	  broadcasts after each such commit.
+ *
+ *	  Payload: "<status>:<ids>", status delivered or failed, ids ascending
+ *	  as a comma-separated list of single ids and inclusive ranges, e.g.
+ *	  "delivered:17,20-31".  A batch takes as many notifications as needed
+ *	  to keep each payload under NOTIFY's limit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "kafka_producer.h"
+
+PG_FUNCTION_INFO_V1(kafka_wait);
+
+#define KP_NOTIFY_CHANNEL "kafka_delivery"
+/* NOTIFY takes payloads below 8000 bytes; a range adds at most 41 */
+#define KP_NOTIFY_PAYLOAD_FLUSH 7900
+
+static int
+compare_ids(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Queues notifications of the final status of ids (sorted in place); they
+ * go out when the worker's recording transaction commits.
+ */
+void
+kp_notify_ids(const char *status, int64 *ids, int count)
+{
+	StringInfoData payload;
+
+	if (count == 0)
+		return;
+	qsort(ids, count, sizeof(int64), compare_ids);
+	initStringInfo(&payload);
+	for (int first = 0; first < count;)
+	{
+		int			last = first;
+
+		while (last + 1 < count && ids[last + 1] <= ids[last] + 1)
+			last++;
+		appendStringInfoString(&payload, payload.len == 0 ? status : ",");
+		if (payload.len == (int) strlen(status))
+			appendStringInfoChar(&payload, ':');
+		appendStringInfo(&payload, INT64_FORMAT, ids[first]);
+		if (ids[last] != ids[first])
+			appendStringInfo(&payload, "-" INT64_FORMAT, ids[last]);
+		if (payload.len > KP_NOTIFY_PAYLOAD_FLUSH)
+		{
+			Async_Notify(KP_NOTIFY_CHANNEL, payload.data);
+			resetStringInfo(&payload);
+		}
+		first = last + 1;
+	}
+	if (payload.len > 0)
+		Async_Notify(KP_NOTIFY_CHANNEL, payload.data);
+}
+
+static TimestampTz
+wait_deadline(Interval *timeout)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz deadline;
+
+	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													   TimestampTzGetDatum(now),
+													   PointerGetDatum(timeout)));
+	if (deadline < now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	return deadline;
+}
+
+/*
+ * The status of one message, read with a new snapshot.  A message that the
+ * current transaction enqueued would keep its caller waiting for ever.
+ */
+static char *
+message_status(int64 id)
+{
+	Oid			argtypes[] = {INT8OID};
+	Datum		args[] = {Int64GetDatum(id)};
+	bool		isnull;
+	Datum		xmin;
+
+	if (SPI_execute_with_args("SELECT status, (SELECT xmin FROM kafka.outbox WHERE id = $1) "
+							  "FROM kafka.messages WHERE id = $1",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the status of Kafka message " INT64_FORMAT,
+			 id);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("Kafka message " INT64_FORMAT " does not exist", id),
+				 errhint("Delivered messages are removed after kafka.status_retention.")));
+	xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+						 &isnull);
+	if (!isnull &&
+		TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot wait for a message enqueued by the current transaction"),
+				 errdetail("Kafka message " INT64_FORMAT " is sent only after commit.", id)));
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * kafka_wait(message_id bigint, timeout interval) returns the message's
+ * status once it is final, or 'pending' if the timeout passes first.
+ */
+Datum
+kafka_wait(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	int64		id;
+	TimestampTz deadline;
+	char	   *status;
+
+	kp_check_serving_database();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message id must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("timeout must not be null")));
+	id = PG_GETARG_INT64(0);
+	deadline = wait_deadline(PG_GETARG_INTERVAL_P(1));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot wait for a Kafka message in a transaction with a fixed snapshot"),
+				 errdetail("In REPEATABLE READ or SERIALIZABLE the outcome would never become visible."),
+				 errhint("Call kafka_wait() in a READ COMMITTED transaction.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (;;)
+	{
+		uint64		generation = kp_shmem_outcome_generation();
+
+		status = message_status(id);
+		if (strcmp(status, "pending") != 0 ||
+			!kp_shmem_wait_for_outcomes(generation, deadline))
+			break;
+	}
+	status = MemoryContextStrdup(caller, status);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}
