@@ -109,6 +109,18 @@ CREATE FUNCTION kafka_wait(message_id bigint, timeout interval DEFAULT '30 secon
 COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
 	'wait for a message''s final status: delivered, failed, or pending after the timeout';
 
+/*
+ * Waits until every message this session committed since its last flush
+ * is delivered or failed; false if the timeout passed first.
+ */
+CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
+	RETURNS boolean
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+	AS 'MODULE_PATHNAME', 'kafka_flush';
+
+COMMENT ON FUNCTION kafka_flush(interval) IS
+	'wait until this session''s committed messages are delivered or failed';
+
 CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
 	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -166,6 +178,7 @@ COMMENT ON FUNCTION kafka_retry_failed(text) IS
 
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;

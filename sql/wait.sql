@@ -20,6 +20,21 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT kafka_wait(:id, '1 second');
 ROLLBACK;
 
+-- kafka_flush(): this session's committed messages
+\c
+SELECT kafka_flush('10 milliseconds') AS nothing_committed;
+BEGIN;
+SELECT kafka_send('waiting', 'not yet committed') > 0 AS sent;
+SELECT kafka_flush('10 milliseconds') AS only_committed_messages_count;
+ROLLBACK;
+SELECT kafka_send('waiting', 'committed') > 0 AS sent;
+SELECT kafka_flush('10 milliseconds') AS committed_one_pending;
+SELECT kafka_flush(NULL);
+SELECT kafka_flush('-1 second');
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT kafka_flush('1 second');
+ROLLBACK;
+
 -- statement_timeout interrupts the wait
 SET statement_timeout = '200ms';
 SELECT kafka_wait(:id, '1 minute');

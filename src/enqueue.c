@@ -72,10 +72,53 @@ typedef struct KpSendCache
 	KpArgEncoder key;
 } KpSendCache;
 
-/* lowest message id enqueued by the current top-level transaction */
+/* lowest and highest message id enqueued by the current transaction */
 static int64 xact_first_id = -1;
+static int64 xact_last_id = -1;
 static bool xact_callback_registered = false;
+
+/*
+ * Id ranges of the messages this session committed since its last
+ * kafka_flush(), one per transaction; past KP_MAX_SESSION_RANGES they are
+ * merged into one, which may also cover other sessions' messages.
+ */
+#define KP_MAX_SESSION_RANGES 1024
+static KpIdRange session_ranges[KP_MAX_SESSION_RANGES];
+static int	session_range_count = 0;
 static bool database_checked = false;
+
+static void
+remember_committed(int64 first, int64 last)
+{
+	if (session_range_count == KP_MAX_SESSION_RANGES)
+	{
+		for (int i = 1; i < session_range_count; i++)
+		{
+			session_ranges[0].first = Min(session_ranges[0].first,
+										  session_ranges[i].first);
+			session_ranges[0].last = Max(session_ranges[0].last,
+										 session_ranges[i].last);
+		}
+		session_range_count = 1;
+	}
+	session_ranges[session_range_count].first = first;
+	session_ranges[session_range_count].last = last;
+	session_range_count++;
+}
+
+/* The id ranges of what this session committed since the last flush. */
+int
+kp_enqueue_committed_ranges(KpIdRange **ranges)
+{
+	*ranges = session_ranges;
+	return session_range_count;
+}
+
+void
+kp_enqueue_forget_committed(void)
+{
+	session_range_count = 0;
+}
 
 static void
 enqueue_xact_callback(XactEvent event, void *arg)
@@ -87,11 +130,12 @@ enqueue_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			kp_shmem_notify_commit(xact_first_id);
-			xact_first_id = -1;
+			remember_committed(xact_first_id, xact_last_id);
+			xact_first_id = xact_last_id = -1;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			xact_first_id = -1;
+			xact_first_id = xact_last_id = -1;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			ereport(ERROR,
@@ -117,6 +161,8 @@ kp_enqueue_wake_at_commit(int64 id)
 	}
 	if (xact_first_id < 0 || id < xact_first_id)
 		xact_first_id = id;
+	if (id > xact_last_id)
+		xact_last_id = id;
 }
 
 void

@@ -67,7 +67,15 @@ extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
 extern void kp_notify_ids(const char *status, int64 *ids, int count);
 
 /* enqueue.c: the transaction side of kafka_send() */
+typedef struct KpIdRange
+{
+	int64		first;
+	int64		last;
+} KpIdRange;
+
 extern void kp_enqueue_wake_at_commit(int64 id);
+extern int	kp_enqueue_committed_ranges(KpIdRange **ranges);
+extern void kp_enqueue_forget_committed(void);
 extern void kp_check_serving_database(void);
 
 /* worker.c */

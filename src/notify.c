@@ -27,6 +27,7 @@
 #include "kafka_producer.h"
 
 PG_FUNCTION_INFO_V1(kafka_wait);
+PG_FUNCTION_INFO_V1(kafka_flush);
 
 #define KP_NOTIFY_CHANNEL "kafka_delivery"
 /* NOTIFY takes payloads below 8000 bytes; a range adds at most 41 */
@@ -126,35 +127,31 @@ message_status(int64 id)
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
-/*
- * kafka_wait(message_id bigint, timeout interval) returns the message's
- * status once it is final, or 'pending' if the timeout passes first.
- */
-Datum
-kafka_wait(PG_FUNCTION_ARGS)
+static void
+check_can_wait(FunctionCallInfo fcinfo, int timeout_arg)
 {
-	MemoryContext caller = CurrentMemoryContext;
-	int64		id;
-	TimestampTz deadline;
-	char	   *status;
-
 	kp_check_serving_database();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("message id must not be null")));
-	if (PG_ARGISNULL(1))
+	if (PG_ARGISNULL(timeout_arg))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("timeout must not be null")));
-	id = PG_GETARG_INT64(0);
-	deadline = wait_deadline(PG_GETARG_INTERVAL_P(1));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot wait for a Kafka message in a transaction with a fixed snapshot"),
+				 errmsg("cannot wait for Kafka deliveries in a transaction with a fixed snapshot"),
 				 errdetail("In REPEATABLE READ or SERIALIZABLE the outcome would never become visible."),
-				 errhint("Call kafka_wait() in a READ COMMITTED transaction.")));
+				 errhint("Wait in a READ COMMITTED transaction.")));
+}
+
+/*
+ * Calls is_final, each time with a new snapshot, until it returns true or
+ * the deadline passes; sleeps in between until the worker records more
+ * outcomes.  Returns is_final's last answer.
+ */
+static bool
+wait_until_final(bool (*is_final) (void *arg), void *arg, TimestampTz deadline)
+{
+	bool		final;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -162,12 +159,93 @@ kafka_wait(PG_FUNCTION_ARGS)
 	{
 		uint64		generation = kp_shmem_outcome_generation();
 
-		status = message_status(id);
-		if (strcmp(status, "pending") != 0 ||
-			!kp_shmem_wait_for_outcomes(generation, deadline))
+		final = is_final(arg);
+		if (final || !kp_shmem_wait_for_outcomes(generation, deadline))
 			break;
 	}
-	status = MemoryContextStrdup(caller, status);
 	SPI_finish();
-	PG_RETURN_TEXT_P(cstring_to_text(status));
+	return final;
+}
+
+typedef struct KpWaitForMessage
+{
+	int64		id;
+	char		status[16];
+} KpWaitForMessage;
+
+static bool
+message_is_final(void *arg)
+{
+	KpWaitForMessage *wait = arg;
+
+	strlcpy(wait->status, message_status(wait->id), sizeof(wait->status));
+	return strcmp(wait->status, "pending") != 0;
+}
+
+/*
+ * kafka_wait(message_id bigint, timeout interval) returns the message's
+ * status once it is final, or 'pending' if the timeout passes first.
+ */
+Datum
+kafka_wait(PG_FUNCTION_ARGS)
+{
+	KpWaitForMessage wait;
+
+	check_can_wait(fcinfo, 1);
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message id must not be null")));
+	wait.id = PG_GETARG_INT64(0);
+	wait_until_final(message_is_final, &wait,
+					 wait_deadline(PG_GETARG_INTERVAL_P(1)));
+	PG_RETURN_TEXT_P(cstring_to_text(wait.status));
+}
+
+static bool
+session_messages_are_final(void *arg)
+{
+	KpIdRange  *ranges;
+	int			count = kp_enqueue_committed_ranges(&ranges);
+	Oid			argtypes[] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum	   *firsts = palloc(Max(count, 1) * sizeof(Datum));
+	Datum	   *lasts = palloc(Max(count, 1) * sizeof(Datum));
+	Datum		args[2];
+	bool		isnull;
+
+	if (count == 0)
+		return true;
+	for (int i = 0; i < count; i++)
+	{
+		firsts[i] = Int64GetDatum(ranges[i].first);
+		lasts[i] = Int64GetDatum(ranges[i].last);
+	}
+	args[0] = PointerGetDatum(construct_array(firsts, count, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(lasts, count, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT FROM unnest($1, $2) r(first, last) "
+							  "JOIN kafka.outbox o ON o.id BETWEEN r.first AND r.last)",
+							  2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the status of this session's Kafka messages");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * kafka_flush(timeout interval) waits until every message this session
+ * committed since its last flush is delivered or failed; returns false if
+ * the timeout passed first.
+ */
+Datum
+kafka_flush(PG_FUNCTION_ARGS)
+{
+	bool		final;
+
+	check_can_wait(fcinfo, 0);
+	final = wait_until_final(session_messages_are_final, NULL,
+							 wait_deadline(PG_GETARG_INTERVAL_P(0)));
+	if (final)
+		kp_enqueue_forget_committed();
+	PG_RETURN_BOOL(final);
 }

@@ -307,3 +307,17 @@ def test_notify_and_wait(pg, kafka):
     assert refused in notified_ids(listener, "failed")
     listener.close()
     conn.close()
+
+
+def test_flush_waits_for_this_sessions_messages(pg):
+    conn = pg.connect()
+    cur = conn.cursor()
+    cur.execute("SELECT kafka_flush('1 second')")
+    assert cur.fetchone()[0] is True
+    for _ in range(5):
+        cur.execute("SELECT kafka_send('flushed', v::text) FROM generate_series(1, 2000) v")
+    cur.execute("SELECT kafka_flush('60 seconds')")
+    assert cur.fetchone()[0] is True
+    assert pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = 'flushed' "
+                     "AND status = 'delivered'") == 10000
+    conn.close()
