@@ -103,7 +103,8 @@ CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
  */
 CREATE FUNCTION kafka_wait(message_id bigint, timeout interval DEFAULT '30 seconds')
 	RETURNS text
-	LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'kafka_wait';
 
 COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
@@ -115,7 +116,8 @@ COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
  */
 CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
 	RETURNS boolean
-	LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'kafka_flush';
 
 COMMENT ON FUNCTION kafka_flush(interval) IS

@@ -388,6 +388,9 @@ kafka_producer_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(kp_database, NULL, 0);
 	pgstat_report_appname("kafka_producer");
+	/* the worker runs as superuser: resolve nothing through user schemas */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET,
+					PGC_S_OVERRIDE);
 	kp_shmem_worker_attach();
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
