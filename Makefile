@@ -9,7 +9,8 @@ OBJS = \
 	src/worker.o \
 	src/producer.o \
 	src/outbox.o \
-	src/notify.o
+	src/notify.o \
+	src/stats.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 

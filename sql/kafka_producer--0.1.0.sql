@@ -123,6 +123,39 @@ CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
 COMMENT ON FUNCTION kafka_flush(interval) IS
 	'wait until this session''s committed messages are delivered or failed';
 
+/* The producer's latest statistics document (librdkafka's STATISTICS.md). */
+CREATE FUNCTION kafka_stats() RETURNS jsonb
+	LANGUAGE C VOLATILE
+	AS 'MODULE_PATHNAME', 'kafka_stats';
+
+/* Brokers the producer discovered from the bootstrap list, and their state. */
+CREATE FUNCTION kafka_brokers(OUT id integer, OUT host text, OUT port integer,
+							  OUT state text)
+	RETURNS SETOF record
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT (b->>'nodeid')::integer,
+		   regexp_replace(b->>'nodename', ':[0-9]+$', ''),
+		   substring(b->>'nodename' FROM ':([0-9]+)$')::integer,
+		   b->>'state'
+	  FROM jsonb_each(@extschema@.kafka_stats()->'brokers') AS e(name, b)
+	 WHERE (b->>'nodeid')::integer >= 0
+	 ORDER BY 1
+$$;
+
+/* Partitions of the topics the producer has sent to, with their leaders. */
+CREATE FUNCTION kafka_topics(OUT topic text, OUT "partition" integer,
+							 OUT leader integer)
+	RETURNS SETOF record
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT t.key, (p->>'partition')::integer, (p->>'leader')::integer
+	  FROM jsonb_each(@extschema@.kafka_stats()->'topics') AS t,
+		   jsonb_each(t.value->'partitions') AS e(id, p)
+	 WHERE (p->>'partition')::integer >= 0
+	 ORDER BY 1, 2
+$$;
+
 CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
 	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -181,6 +214,9 @@ COMMENT ON FUNCTION kafka_retry_failed(text) IS
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_brokers() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_topics() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;

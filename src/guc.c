@@ -27,6 +27,7 @@ static int	kp_retry_backoff_ms = 100;
 static int	kp_max_in_flight = 5;
 static bool kp_enable_idempotence = true;
 static int	kp_message_timeout_ms = 300000;
+static int	kp_statistics_interval_ms = 5000;
 static char *kp_producer_properties = NULL;
 
 int			kp_message_max_bytes = 1000000;
@@ -78,6 +79,7 @@ static const struct
 	{"message.timeout.ms", "kafka.message_timeout_ms"},
 	{"delivery.timeout.ms", "kafka.message_timeout_ms"},
 	{"message.max.bytes", "kafka.message_max_bytes"},
+	{"statistics.interval.ms", "kafka.statistics_interval_ms"},
 	{"log.queue", NULL},
 };
 
@@ -255,7 +257,7 @@ producer_properties(KpProperty **props)
 	/* the check hook has seen this value already */
 	Assert(extra_count >= 0);
 
-	p = palloc((13 + extra_count) * sizeof(KpProperty));
+	p = palloc((14 + extra_count) * sizeof(KpProperty));
 	/* defaults the user may override through the pass-through */
 	p[n++] = (KpProperty) {"client.id", "kafka_producer"};
 	for (int i = 0; i < extra_count; i++)
@@ -277,6 +279,8 @@ producer_properties(KpProperty **props)
 		psprintf("%d", kp_message_timeout_ms)};
 	p[n++] = (KpProperty) {"message.max.bytes",
 		psprintf("%d", kp_message_max_bytes)};
+	p[n++] = (KpProperty) {"statistics.interval.ms",
+		psprintf("%d", kp_statistics_interval_ms)};
 	p[n++] = (KpProperty) {"log.queue", "true"};
 	*props = p;
 	return n;
@@ -371,6 +375,9 @@ kp_guc_init(void)
 						"Largest message accepted, in bytes (key, value and headers).",
 						&kp_message_max_bytes, 1000, 1000000000,
 						GUC_UNIT_BYTE);
+	define_producer_int("kafka.statistics_interval_ms",
+						"How often the producer's statistics (kafka_stats(), kafka_brokers()) are refreshed (0 = never).",
+						&kp_statistics_interval_ms, 0, 86400000, GUC_UNIT_MS);
 	DefineCustomStringVariable("kafka.producer_properties",
 							   "Further librdkafka producer properties, as name=value pairs separated by commas.",
 							   "Visible to superusers only, since it may hold credentials.",

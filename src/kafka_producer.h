@@ -63,6 +63,10 @@ extern void kp_shmem_announce_outcomes(void);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
 
+/* stats.c: librdkafka's statistics for SQL */
+extern void kp_stats_save(const char *json);
+extern void kp_stats_clear(void);
+
 /* notify.c: NOTIFY kafka_delivery and kafka_wait() */
 extern void kp_notify_ids(const char *status, int64 *ids, int count);
 

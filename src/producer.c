@@ -136,7 +136,8 @@ kp_producer_start(void)
 	if (conf != NULL)
 	{
 		rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR |
-								 RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG);
+								 RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG |
+								 RD_KAFKA_EVENT_STATS);
 		producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
 								sizeof(errstr));
 		if (producer == NULL)
@@ -229,6 +230,9 @@ drain_events(KpReportBuffer *buf)
 			case RD_KAFKA_EVENT_LOG:
 				log_librdkafka(event);
 				break;
+			case RD_KAFKA_EVENT_STATS:
+				kp_stats_save(rd_kafka_event_stats(event));
+				break;
 			default:
 				break;
 		}
@@ -268,6 +272,7 @@ kp_producer_stop(KpReportBuffer *buf)
 	rd_kafka_purge(producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
 	rd_kafka_destroy(producer);
 	producer = NULL;
+	kp_stats_clear();
 
 	/* ids already reported are returned twice: harmless, both just unmark */
 	hash_seq_init(&scan, in_flight);

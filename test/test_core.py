@@ -321,3 +321,35 @@ def test_flush_waits_for_this_sessions_messages(pg):
     assert pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = 'flushed' "
                      "AND status = 'delivered'") == 10000
     conn.close()
+
+
+def test_broker_discovery_from_one_bootstrap_broker(pg, kafka, settings):
+    """Given only the first broker, the producer discovers all three, shows
+    them in kafka_brokers(), and keeps delivering when that broker is down."""
+    settings(bootstrap_servers=kafka.brokers[0], statistics_interval_ms=200)
+    topic = "discovery"
+    kafka.command(f"create {topic} 4 3")
+    first = send(pg, topic, "first")
+    assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (first,)) == "delivered"
+
+    def all_brokers_known():
+        rows = pg.query("SELECT id, host || ':' || port FROM kafka_brokers()")
+        return rows if len(rows) == 3 else None
+    brokers = wait_until(all_brokers_known, 30, what="three discovered brokers")
+    assert [b[0] for b in brokers] == [1, 2, 3]
+    assert sorted(b[1] for b in brokers) == sorted(kafka.brokers)
+    leaders = wait_until(lambda: pg.query("SELECT \"partition\", leader FROM kafka_topics() "
+                                          "WHERE topic = %s", (topic,)), 30,
+                         what="the topic's partitions")
+    assert [p for p, _ in leaders] == [0, 1, 2, 3]
+    assert all(leader in (1, 2, 3) for _, leader in leaders)
+
+    kafka.command("down 1")
+    try:
+        for partition in range(4):
+            kafka.command(f"leader {topic} {partition} {2 + partition % 2}")
+        pg.query("SELECT kafka_send(%s, v::text) FROM generate_series(1, 100) v", (topic,))
+        assert pg.wait_until_final(topic) == {"delivered": 101}
+    finally:
+        kafka.command("up 1")
+    assert len(consume_all(kafka.bootstrap, topic)) == 101
