@@ -353,3 +353,14 @@ def test_broker_discovery_from_one_bootstrap_broker(pg, kafka, settings):
     finally:
         kafka.command("up 1")
     assert len(consume_all(kafka.bootstrap, topic)) == 101
+
+
+def test_fire_and_forget_acks_0(pg, kafka, settings):
+    """acks = 0: the worker does not wait for the broker; the message counts
+    as delivered once written to the socket, with no offset known."""
+    settings(acks="0", enable_idempotence="off")
+    message_id = send(pg, "fire_and_forget", "v", key="k")
+    assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (message_id,)) == "delivered"
+    status, partition, offset, _, _ = message(pg, message_id)
+    assert offset is None and partition is not None
+    assert [r.value for r in consume_all(kafka.bootstrap, "fire_and_forget")] == [b"v"]
