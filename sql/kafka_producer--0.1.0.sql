@@ -123,9 +123,13 @@ CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
 COMMENT ON FUNCTION kafka_flush(interval) IS
 	'wait until this session''s committed messages are delivered or failed';
 
-/* The producer's latest statistics document (librdkafka's STATISTICS.md). */
+/*
+ * The producer's latest statistics document (librdkafka's STATISTICS.md)
+ * with the worker's counters under "kafka_producer".
+ */
 CREATE FUNCTION kafka_stats() RETURNS jsonb
 	LANGUAGE C VOLATILE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'kafka_stats';
 
 /* Brokers the producer discovered from the bootstrap list, and their state. */

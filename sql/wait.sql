@@ -48,3 +48,9 @@ SELECT kafka_wait(:id, '10 milliseconds');
 RESET ROLE;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM kafka_waiter;
 DROP ROLE kafka_waiter;
+
+-- kafka_stats(): the worker's counters beside librdkafka's statistics
+SELECT jsonb_object_keys(kafka_stats()->'kafka_producer') AS counter ORDER BY 1;
+SELECT (kafka_stats()->'kafka_producer'->>'pending')::int > 0 AS some_pending,
+	   (kafka_stats()->'kafka_producer'->>'worker_pid')::int IN
+		   (SELECT pid FROM pg_stat_activity WHERE backend_type = 'kafka_producer') AS worker_pid;

@@ -41,8 +41,25 @@ extern char *kp_guc_producer_fingerprint(void);
  * rescan_from is an atomic that backends lower (never raise) at commit and
  * the worker swaps back to PG_UINT64_MAX before each scan of the outbox.
  * outcome_generation only grows: the worker adds one after each commit of
- * recorded outcomes, then broadcasts outcomes_recorded.
+ * recorded outcomes, then broadcasts outcomes_recorded.  counters are
+ * atomics written by the worker only; last_error and last_error_at are
+ * protected by mutex.
  */
+/* the worker's counters, shown by kafka_stats() */
+typedef enum KpCounter
+{
+	KP_COUNT_SENT,				/* messages handed to librdkafka */
+	KP_COUNT_SENT_BYTES,		/* their keys and values */
+	KP_COUNT_DELIVERED,
+	KP_COUNT_FAILED,			/* refused for good */
+	KP_COUNT_TRANSIENT_ERRORS,	/* attempts that failed transiently */
+	KP_COUNT_RETURNED,			/* taken back unsent, to keep order */
+	KP_COUNT_IN_FLIGHT,			/* a gauge: handed over, not yet recorded */
+	KP_NUM_COUNTERS
+} KpCounter;
+
+#define KP_LAST_ERROR_LEN 256
+
 typedef struct KpSharedState
 {
 	slock_t		mutex;
@@ -52,6 +69,9 @@ typedef struct KpSharedState
 									 * scan position */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
+	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
+	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */
+	TimestampTz last_error_at;	/* protected by mutex */
 } KpSharedState;
 
 extern void kp_shmem_init(void);
@@ -60,6 +80,10 @@ extern void kp_shmem_notify_commit(int64 first_id);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
 extern void kp_shmem_announce_outcomes(void);
+extern void kp_shmem_count(KpCounter counter, uint64 n);
+extern void kp_shmem_set_gauge(KpCounter counter, uint64 value);
+extern void kp_shmem_set_last_error(const char *error);
+extern void kp_shmem_counters_json(StringInfo json);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
 

@@ -198,6 +198,16 @@ log_librdkafka(rd_kafka_event_t *event)
 			(errmsg_internal("librdkafka %s: %s", facility, message)));
 }
 
+static void
+report_error(rd_kafka_resp_err_t err, const char *text)
+{
+	char	   *error = psprintf("%s: %s", rd_kafka_err2name(err), text);
+
+	ereport(LOG, (errmsg("Kafka producer error %s", error)));
+	kp_shmem_set_last_error(error);
+	pfree(error);
+}
+
 /*
  * Hands every pending event's reports to buf.  Returns true when
  * librdkafka raised a fatal error: the producer must then be rebuilt.
@@ -222,10 +232,8 @@ drain_events(KpReportBuffer *buf)
 				break;
 			case RD_KAFKA_EVENT_ERROR:
 				fatal |= rd_kafka_event_error_is_fatal(event);
-				ereport(LOG,
-						(errmsg("Kafka producer error %s: %s",
-								rd_kafka_err2name(rd_kafka_event_error(event)),
-								rd_kafka_event_error_string(event))));
+				report_error(rd_kafka_event_error(event),
+							 rd_kafka_event_error_string(event));
 				break;
 			case RD_KAFKA_EVENT_LOG:
 				log_librdkafka(event);
@@ -316,7 +324,11 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 
 	hash_search(in_flight, &msg->id, HASH_ENTER, NULL);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		kp_shmem_count(KP_COUNT_SENT, 1);
+		kp_shmem_count(KP_COUNT_SENT_BYTES, msg->key_len + msg->value_len);
 		return KP_SEND_QUEUED;
+	}
 	kp_report_add(buf, msg->id, outcome_of(err), msg->partition, -1, err);
 	return KP_SEND_REFUSED;
 }

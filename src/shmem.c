@@ -18,6 +18,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/json.h"
 #include "utils/timestamp.h"
 
 #include "kafka_producer.h"
@@ -52,6 +53,10 @@ kp_shmem_startup(void)
 		kp_shared->worker_pid = 0;
 		pg_atomic_init_u64(&kp_shared->rescan_from, PG_UINT64_MAX);
 		pg_atomic_init_u64(&kp_shared->outcome_generation, 0);
+		for (int i = 0; i < KP_NUM_COUNTERS; i++)
+			pg_atomic_init_u64(&kp_shared->counters[i], 0);
+		kp_shared->last_error[0] = '\0';
+		kp_shared->last_error_at = 0;
 		ConditionVariableInit(&kp_shared->outcomes_recorded);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -170,4 +175,58 @@ kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 	}
 	ConditionVariableCancelSleep();
 	return recorded;
+}
+
+void
+kp_shmem_count(KpCounter counter, uint64 n)
+{
+	pg_atomic_fetch_add_u64(&kp_shared->counters[counter], n);
+}
+
+void
+kp_shmem_set_gauge(KpCounter counter, uint64 value)
+{
+	pg_atomic_write_u64(&kp_shared->counters[counter], value);
+}
+
+void
+kp_shmem_set_last_error(const char *error)
+{
+	SpinLockAcquire(&kp_shared->mutex);
+	strlcpy(kp_shared->last_error, error, KP_LAST_ERROR_LEN);
+	kp_shared->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&kp_shared->mutex);
+}
+
+/* Appends the worker's counters to json as the members of an object. */
+void
+kp_shmem_counters_json(StringInfo json)
+{
+	static const char *const names[KP_NUM_COUNTERS] = {
+		"sent", "sent_bytes", "delivered", "failed", "transient_errors",
+		"returned", "in_flight"
+	};
+	char		last_error[KP_LAST_ERROR_LEN];
+	TimestampTz last_error_at;
+	pid_t		pid;
+
+	SpinLockAcquire(&kp_shared->mutex);
+	strlcpy(last_error, kp_shared->last_error, KP_LAST_ERROR_LEN);
+	last_error_at = kp_shared->last_error_at;
+	pid = kp_shared->worker_pid;
+	SpinLockRelease(&kp_shared->mutex);
+
+	appendStringInfo(json, "\"worker_pid\": %d", (int) pid);
+	for (int i = 0; i < KP_NUM_COUNTERS; i++)
+		appendStringInfo(json, ", \"%s\": " UINT64_FORMAT, names[i],
+						 pg_atomic_read_u64(&kp_shared->counters[i]));
+	appendStringInfoString(json, ", \"last_error\": ");
+	if (last_error_at == 0)
+		appendStringInfoString(json, "null, \"last_error_at\": null");
+	else
+	{
+		escape_json(json, last_error);
+		appendStringInfo(json, ", \"last_error_at\": \"%s\"",
+						 timestamptz_to_str(last_error_at));
+	}
 }

@@ -4,7 +4,8 @@
  *	  The producer's view of the cluster, for SQL: the worker writes each
  *	  librdkafka statistics document (every kafka.statistics_interval_ms)
  *	  to a file under pg_stat_tmp, replaced atomically by rename; the SQL
- *	  function kafka_stats() reads it back as jsonb, and kafka_brokers()
+ *	  function kafka_stats() reads it back as jsonb, adding the worker's
+ *	  counters and the number of pending messages, and kafka_brokers()
  *	  and kafka_topics() (SQL functions in the extension script) select the
  *	  discovered brokers and partition leaders from it.
  *
@@ -14,6 +15,7 @@
 
 #include <unistd.h>
 
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "storage/fd.h"
@@ -59,24 +61,19 @@ kp_stats_clear(void)
 				 errmsg("could not remove file \"%s\": %m", KP_STATS_FILE)));
 }
 
-/*
- * kafka_stats() returns librdkafka's latest statistics document, or NULL
- * before the worker's producer has produced one.
- */
-Datum
-kafka_stats(PG_FUNCTION_ARGS)
+/* librdkafka's latest document, or "{}" before the first */
+static char *
+read_librdkafka_stats(void)
 {
-	FILE	   *file;
+	FILE	   *file = AllocateFile(KP_STATS_FILE, PG_BINARY_R);
 	StringInfoData json;
 	char		buffer[8192];
 	size_t		n;
 
-	kp_check_serving_database();
-	file = AllocateFile(KP_STATS_FILE, PG_BINARY_R);
 	if (file == NULL)
 	{
 		if (errno == ENOENT)
-			PG_RETURN_NULL();
+			return "{}";
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not open file \"%s\": %m", KP_STATS_FILE)));
@@ -89,5 +86,43 @@ kafka_stats(PG_FUNCTION_ARGS)
 				(errcode_for_file_access(),
 				 errmsg("could not read file \"%s\": %m", KP_STATS_FILE)));
 	FreeFile(file);
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data)));
+	return json.data;
+}
+
+static int64
+pending_messages(void)
+{
+	bool		isnull;
+	int64		pending;
+
+	if (SPI_connect() != SPI_OK_CONNECT ||
+		SPI_execute("SELECT count(*) FROM kafka.outbox", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count pending Kafka messages");
+	pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return pending;
+}
+
+/*
+ * kafka_stats() returns librdkafka's latest statistics document with the
+ * worker's own counters added under "kafka_producer".
+ */
+Datum
+kafka_stats(PG_FUNCTION_ARGS)
+{
+	StringInfoData ours;
+	Datum		librdkafka;
+
+	kp_check_serving_database();
+	librdkafka = DirectFunctionCall1(jsonb_in,
+									 CStringGetDatum(read_librdkafka_stats()));
+	initStringInfo(&ours);
+	appendStringInfo(&ours, "{\"kafka_producer\": {\"pending\": " INT64_FORMAT ", ",
+					 pending_messages());
+	kp_shmem_counters_json(&ours);
+	appendStringInfoString(&ours, "}}");
+	PG_RETURN_DATUM(DirectFunctionCall2(jsonb_concat, librdkafka,
+										DirectFunctionCall1(jsonb_in,
+															CStringGetDatum(ours.data))));
 }

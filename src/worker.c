@@ -204,6 +204,24 @@ record_step(void)
 	end_transaction();
 }
 
+static void
+count_outcome(KpReport *report)
+{
+	static const KpCounter counters[] = {
+		[KP_DELIVERED] = KP_COUNT_DELIVERED,
+		[KP_FAILED] = KP_COUNT_FAILED,
+		[KP_RETRIABLE] = KP_COUNT_TRANSIENT_ERRORS,
+		[KP_RETURNED] = KP_COUNT_RETURNED,
+	};
+
+	kp_shmem_count(counters[report->outcome], 1);
+	if (report->outcome == KP_FAILED || report->outcome == KP_RETRIABLE)
+		kp_shmem_set_last_error(psprintf("%s: %s (message " INT64_FORMAT ")",
+										 rd_kafka_err2name(report->err),
+										 rd_kafka_err2str(report->err),
+										 report->id));
+}
+
 /*
  * Writes the buffered reports.  Once they are committed their messages
  * leave the in-flight set; any that must be sent again starts a rewind.
@@ -219,11 +237,14 @@ record_reports(void)
 		kp_shmem_announce_outcomes();
 	for (int i = 0; i < reports.count; i++)
 	{
-		KpOutcome	outcome = reports.reports[i].outcome;
+		KpReport   *report = &reports.reports[i];
 
-		kp_producer_forget(reports.reports[i].id);
-		resend |= (outcome == KP_RETRIABLE || outcome == KP_RETURNED);
+		kp_producer_forget(report->id);
+		count_outcome(report);
+		resend |= (report->outcome == KP_RETRIABLE ||
+				   report->outcome == KP_RETURNED);
 	}
+	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, kp_producer_in_flight_count());
 	if (reports.count > 0)
 		queue_full = false;
 	reports.count = 0;

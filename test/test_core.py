@@ -170,6 +170,9 @@ def test_permanent_error_fails_exactly_those_then_retry(pg, kafka, error):
     status, _, _, attempts, text = message(pg, refused)
     assert (status, attempts) == ("failed", 1)
     assert text.startswith(f"{error}: Broker: ")
+    counters = pg.scalar("SELECT kafka_stats()->'kafka_producer'")
+    assert counters["last_error"] == f"{text} (message {refused})"
+    assert counters["failed"] >= 1 and counters["delivered"] >= 1
     after = send(pg, topic, "after", key="k")
     pg.wait_until_final(topic)
     assert message(pg, first)[0] == "delivered"
@@ -336,6 +339,7 @@ def test_broker_discovery_from_one_bootstrap_broker(pg, kafka, settings):
         rows = pg.query("SELECT id, host || ':' || port FROM kafka_brokers()")
         return rows if len(rows) == 3 else None
     brokers = wait_until(all_brokers_known, 30, what="three discovered brokers")
+    assert pg.scalar("SELECT kafka_stats()->'client_id'") == "kafka_producer"
     assert [b[0] for b in brokers] == [1, 2, 3]
     assert sorted(b[1] for b in brokers) == sorted(kafka.brokers)
     leaders = wait_until(lambda: pg.query("SELECT \"partition\", leader FROM kafka_topics() "
