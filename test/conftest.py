@@ -1,8 +1,13 @@
 """pytest fixtures: one mock cluster and one PostgreSQL for the session."""
 
+import logging
+
 import pytest
 
 from harness import MockCluster, PgCluster
+
+# kafka-python logs every reconnect while the tests take brokers down
+logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ make -C "$work" -s test/mock_cluster || exit 1
 
 "${as_tester[@]}" make -C "$work" installcheck 2>&1 | tee "$work/regress.log"
 [ -f "$work/regression.diffs" ] && cat "$work/regression.diffs"
-(cd "$work/test" && "${as_tester[@]}" /usr/bin/python3 -m pytest -v -p no:cacheprovider \
-	-o log_cli=false -rs . 2>&1) | tee "$work/pytest.log"
+(cd "$work/test" && "${as_tester[@]}" /usr/bin/python3 -m pytest -v -s -p no:cacheprovider \
+	-rs . 2>&1) | tee "$work/pytest.log"
 
 passed=0
 failed=0
