@@ -70,6 +70,8 @@ typedef struct KpSharedState
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
+	bool		connecting;		/* a worker's connection attempt may have
+								 * failed; protected by mutex */
 	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */
 	TimestampTz last_error_at;	/* protected by mutex */
 } KpSharedState;
@@ -79,6 +81,8 @@ extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_notify_commit(int64 first_id);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
+extern bool kp_shmem_begin_connecting(void);
+extern void kp_shmem_end_connecting(void);
 extern void kp_shmem_announce_outcomes(void);
 extern void kp_shmem_count(KpCounter counter, uint64 n);
 extern void kp_shmem_set_gauge(KpCounter counter, uint64 value);

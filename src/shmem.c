@@ -55,6 +55,7 @@ kp_shmem_startup(void)
 		pg_atomic_init_u64(&kp_shared->outcome_generation, 0);
 		for (int i = 0; i < KP_NUM_COUNTERS; i++)
 			pg_atomic_init_u64(&kp_shared->counters[i], 0);
+		kp_shared->connecting = false;
 		kp_shared->last_error[0] = '\0';
 		kp_shared->last_error_at = 0;
 		ConditionVariableInit(&kp_shared->outcomes_recorded);
@@ -175,6 +176,31 @@ kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 	}
 	ConditionVariableCancelSleep();
 	return recorded;
+}
+
+/*
+ * The worker calls this before connecting to kafka.database.  Returns
+ * false if the previous worker's attempt never finished: the database was
+ * missing and that worker died connecting.
+ */
+bool
+kp_shmem_begin_connecting(void)
+{
+	bool		previous_failed;
+
+	SpinLockAcquire(&kp_shared->mutex);
+	previous_failed = kp_shared->connecting;
+	kp_shared->connecting = true;
+	SpinLockRelease(&kp_shared->mutex);
+	return !previous_failed;
+}
+
+void
+kp_shmem_end_connecting(void)
+{
+	SpinLockAcquire(&kp_shared->mutex);
+	kp_shared->connecting = false;
+	SpinLockRelease(&kp_shared->mutex);
 }
 
 void

@@ -20,6 +20,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_database.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -43,6 +47,7 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 #define KP_IDLE_WAIT_MS 1000
 #define KP_ERROR_BACKOFF_MS 1000
 #define KP_PRUNE_INTERVAL_MS 10000
+#define KP_DATABASE_POLL_MS 5000
 
 /*
  * Messages handed to librdkafka but not yet recorded.  Recording is the
@@ -145,6 +150,62 @@ wait_for_events(long timeout_ms)
 							PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	kp_producer_clear_wakeup();
+}
+
+/*
+ * Looks kafka.database up in pg_database with a plain scan: without a
+ * database, only the shared catalogs' heaps can be read, not their indexes.
+ */
+static bool
+database_exists(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname),
+					   kp_database) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * Connected to no database, waits quietly until kafka.database exists,
+ * then exits so that the postmaster starts the worker again, connecting to
+ * it: a process cannot switch databases.  Runs only after a connection
+ * attempt failed, so a server that has the database never waits here.
+ */
+static void
+wait_for_database(void)
+{
+	bool		logged = false;
+
+	kp_shmem_end_connecting();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("kafka_producer");
+	while (!ShutdownRequestPending)
+	{
+		if (database_exists())
+			break;
+		if (!logged)
+			ereport(LOG,
+					(errmsg("kafka_producer worker is waiting for database \"%s\" to be created",
+							kp_database),
+					 errhint("Create the database, or set kafka.database and restart the server.")));
+		logged = true;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 KP_DATABASE_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	proc_exit(1);
 }
 
 static bool extension_present;
@@ -407,7 +468,10 @@ kafka_producer_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
+	if (!kp_shmem_begin_connecting())
+		wait_for_database();
 	BackgroundWorkerInitializeConnection(kp_database, NULL, 0);
+	kp_shmem_end_connecting();
 	pgstat_report_appname("kafka_producer");
 	/* the worker runs as superuser: resolve nothing through user schemas */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET,

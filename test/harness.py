@@ -70,6 +70,7 @@ class PgCluster:
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgresql.log")
         self.port = free_port()
+        self.dbname = "postgres"
         subprocess.run([os.path.join(PG_BINDIR, "initdb"), "-D", self.data,
                         "-A", "trust", "-U", "postgres", "--no-sync"],
                        check=True, capture_output=True)
@@ -109,7 +110,7 @@ class PgCluster:
 
     def connect(self, autocommit=True):
         conn = psycopg2.connect(host=self.dir, port=self.port, user="postgres",
-                                dbname="postgres")
+                                dbname=self.dbname)
         conn.autocommit = autocommit
         return conn
 

@@ -368,3 +368,24 @@ def test_fire_and_forget_acks_0(pg, kafka, settings):
     status, partition, offset, _, _ = message(pg, message_id)
     assert offset is None and partition is not None
     assert [r.value for r in consume_all(kafka.bootstrap, "fire_and_forget")] == [b"v"]
+
+
+def test_database_created_after_start(kafka):
+    """kafka.database does not exist yet: the worker says so once and waits
+    quietly, without restarting in a loop, then serves it once created."""
+    cluster = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+                         "kafka.database": "'created_later'"})
+    try:
+        wait_until(lambda: "waiting for database \"created_later\"" in cluster.log_text(),
+                   30, what="the worker to wait for the database")
+        time.sleep(12)
+        log = cluster.log_text()
+        assert log.count("waiting for database") == 1
+        assert log.count('FATAL:  database "created_later" does not exist') == 1
+        cluster.query("CREATE DATABASE created_later")
+        cluster.dbname = "created_later"
+        cluster.query("CREATE EXTENSION kafka_producer")
+        message_id = cluster.scalar("SELECT kafka_send('created_later', 'v')")
+        assert cluster.scalar("SELECT kafka_wait(%s, '60 seconds')", (message_id,)) == "delivered"
+    finally:
+        cluster.destroy()
