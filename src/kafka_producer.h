@@ -191,6 +191,7 @@ typedef enum KpOutboxColumn
 extern Oid	kp_relation_oid(const char *name);
 extern Relation kp_outbox_open(LOCKMODE lockmode);
 extern bool kp_outbox_present(void);
+extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,
 								  bool *queue_full);
 extern void kp_outbox_record(KpReportBuffer *buf);

@@ -208,22 +208,22 @@ session_messages_are_final(void *arg)
 	KpIdRange  *ranges;
 	int			count = kp_enqueue_committed_ranges(&ranges);
 	Oid			argtypes[] = {INT8ARRAYOID, INT8ARRAYOID};
-	Datum	   *firsts = palloc(Max(count, 1) * sizeof(Datum));
-	Datum	   *lasts = palloc(Max(count, 1) * sizeof(Datum));
+	Datum	   *firsts;
+	Datum	   *lasts;
 	Datum		args[2];
 	bool		isnull;
 
 	if (count == 0)
 		return true;
+	firsts = palloc(count * sizeof(Datum));
+	lasts = palloc(count * sizeof(Datum));
 	for (int i = 0; i < count; i++)
 	{
 		firsts[i] = Int64GetDatum(ranges[i].first);
 		lasts[i] = Int64GetDatum(ranges[i].last);
 	}
-	args[0] = PointerGetDatum(construct_array(firsts, count, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_array(lasts, count, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = kp_datum_array(firsts, count, INT8OID);
+	args[1] = kp_datum_array(lasts, count, INT8OID);
 	if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT FROM unnest($1, $2) r(first, last) "
 							  "JOIN kafka.outbox o ON o.id BETWEEN r.first AND r.last)",
 							  2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)

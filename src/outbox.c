@@ -219,8 +219,8 @@ kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf, bool *queue_full)
 	return last_id;
 }
 
-static Datum
-array_of(Datum *elements, int count, Oid element_type)
+Datum
+kp_datum_array(Datum *elements, int count, Oid element_type)
 {
 	int16		typlen;
 	bool		typbyval;
@@ -281,9 +281,9 @@ record_delivered(KpReportBuffer *buf, int count)
 				 "SELECT id, topic, key, part, CASE WHEN off >= 0 THEN off END, "
 				 "  attempts + 1, enqueued_at, now() FROM moved",
 				 3, argtypes);
-	args[0] = array_of(ids, n, INT8OID);
-	args[1] = array_of(partitions, n, INT4OID);
-	args[2] = array_of(offsets, n, INT8OID);
+	args[0] = kp_datum_array(ids, n, INT8OID);
+	args[1] = kp_datum_array(partitions, n, INT4OID);
+	args[2] = kp_datum_array(offsets, n, INT8OID);
 	execute_plan(delivered_plan, args, SPI_OK_INSERT);
 	notify_datums("delivered", ids, n);
 }
@@ -333,10 +333,10 @@ record_failures(KpReportBuffer *buf, int count)
 				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))) "
 				 "SELECT id FROM failed",
 				 5, argtypes);
-	args[0] = array_of(ids, n, INT8OID);
-	args[1] = array_of(codes, n, TEXTOID);
-	args[2] = array_of(texts, n, TEXTOID);
-	args[3] = array_of(permanent, n, BOOLOID);
+	args[0] = kp_datum_array(ids, n, INT8OID);
+	args[1] = kp_datum_array(codes, n, TEXTOID);
+	args[2] = kp_datum_array(texts, n, TEXTOID);
+	args[3] = kp_datum_array(permanent, n, BOOLOID);
 	args[4] = Int32GetDatum(kp_max_attempts);
 	execute_plan(failed_plan, args, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
