@@ -356,43 +356,11 @@ send_cache(FunctionCallInfo fcinfo)
 	return cache;
 }
 
-/* Adds the new heap tuple to every index of kafka.outbox. */
-static void
-insert_index_entries(Relation rel, HeapTuple tuple, Datum *values,
-					 bool *nulls)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-
-	foreach(lc, indexes)
-	{
-		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(index);
-		Datum		index_values[INDEX_MAX_KEYS];
-		bool		index_nulls[INDEX_MAX_KEYS];
-
-		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
-			elog(ERROR, "index \"%s\" on kafka.outbox is not supported",
-				 RelationGetRelationName(index));
-		for (int i = 0; i < info->ii_NumIndexAttrs; i++)
-		{
-			AttrNumber	attnum = info->ii_IndexAttrNumbers[i];
-
-			index_values[i] = values[attnum - 1];
-			index_nulls[i] = nulls[attnum - 1];
-		}
-		index_insert(index, index_values, index_nulls, &tuple->t_self, rel,
-					 info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
-		index_close(index, RowExclusiveLock);
-	}
-	list_free(indexes);
-}
-
 static int64
 insert_outbox_row(Datum *values, bool *nulls)
 {
 	Relation	rel = kp_outbox_open(RowExclusiveLock);
+	KpIndexes	indexes;
 	HeapTuple	tuple;
 	int64		id;
 
@@ -400,7 +368,9 @@ insert_outbox_row(Datum *values, bool *nulls)
 	values[OUTBOX_ID] = Int64GetDatum(id);
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tuple);
-	insert_index_entries(rel, tuple, values, nulls);
+	kp_indexes_open(rel, &indexes);
+	kp_indexes_insert(&indexes, rel, &tuple->t_self, values, nulls);
+	kp_indexes_close(&indexes);
 	table_close(rel, NoLock);
 	return id;
 }

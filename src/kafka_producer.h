@@ -17,6 +17,7 @@
 #include "port/atomics.h"
 #include "datatype/timestamp.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
 #include "utils/relcache.h"
@@ -141,6 +142,7 @@ typedef struct KpReportBuffer
 typedef struct KpMessage
 {
 	int64		id;
+	ItemPointerData outbox_tid;	/* where its kafka.outbox row was read */
 	const char *topic;
 	const char *key;
 	size_t		key_len;
@@ -166,6 +168,7 @@ extern KpSendResult kp_producer_send(KpMessage *msg, KpReportBuffer *buf);
 extern void kp_producer_poll(KpReportBuffer *buf);
 extern void kp_producer_return_queued(void);
 extern bool kp_producer_is_in_flight(int64 id);
+extern bool kp_producer_outbox_tid(int64 id, ItemPointer tid);
 extern void kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
 extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
@@ -190,6 +193,19 @@ typedef enum KpOutboxColumn
 /* outbox.c: the kafka.* tables; the worker's reads and writes of them */
 extern Oid	kp_relation_oid(const char *name);
 extern Relation kp_outbox_open(LOCKMODE lockmode);
+
+/* the indexes of a table written with heap functions, not the executor */
+typedef struct KpIndexes
+{
+	int			count;
+	Relation   *indexes;
+	struct IndexInfo **infos;
+} KpIndexes;
+
+extern void kp_indexes_open(Relation rel, KpIndexes *indexes);
+extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
+							  ItemPointer tid, Datum *values, bool *nulls);
+extern void kp_indexes_close(KpIndexes *indexes);
 extern bool kp_outbox_present(void);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,

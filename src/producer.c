@@ -20,7 +20,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "utils/hsearch.h"
+#include "common/hashfn.h"
 #include "utils/memutils.h"
 
 #include "kafka_producer.h"
@@ -28,7 +28,30 @@
 static rd_kafka_t *producer = NULL;
 static rd_kafka_queue_t *main_queue = NULL;
 static int	wakeup_pipe[2] = {-1, -1};
-static HTAB *in_flight = NULL;
+typedef struct KpInFlight
+{
+	int64		id;				/* hash key */
+	ItemPointerData outbox_tid;
+	char		status;			/* used by simplehash */
+} KpInFlight;
+
+/*
+ * The in-flight set is looked up four times per message; simplehash's
+ * open addressing costs a third of dynahash's there.
+ */
+#define SH_PREFIX in_flight
+#define SH_ELEMENT_TYPE KpInFlight
+#define SH_KEY_TYPE int64
+#define SH_KEY id
+#define SH_HASH_KEY(tb, key) \
+	murmurhash32((uint32) (key) ^ (uint32) ((uint64) (key) >> 32))
+#define SH_EQUAL(tb, a, b) ((a) == (b))
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+static in_flight_hash *in_flight = NULL;
 
 /*
  * Errors that no retry can cure.  Everything else is treated as transient:
@@ -123,14 +146,7 @@ kp_producer_start(void)
 	Assert(producer == NULL);
 	create_wakeup_pipe();
 	if (in_flight == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(int64);
-		in_flight = hash_create("kafka_producer in-flight messages", 65536,
-								&ctl, HASH_ELEM | HASH_BLOBS);
-	}
+		in_flight = in_flight_create(TopMemoryContext, 65536, NULL);
 
 	conf = kp_guc_producer_conf(errstr, sizeof(errstr));
 	if (conf != NULL)
@@ -268,8 +284,8 @@ kp_producer_poll(KpReportBuffer *buf)
 void
 kp_producer_stop(KpReportBuffer *buf)
 {
-	HASH_SEQ_STATUS scan;
-	int64	   *id;
+	in_flight_iterator scan;
+	KpInFlight *entry;
 
 	if (producer == NULL)
 		return;
@@ -283,9 +299,9 @@ kp_producer_stop(KpReportBuffer *buf)
 	kp_stats_clear();
 
 	/* ids already reported are returned twice: harmless, both just unmark */
-	hash_seq_init(&scan, in_flight);
-	while ((id = hash_seq_search(&scan)) != NULL)
-		kp_report_add(buf, *id, KP_RETURNED, RD_KAFKA_PARTITION_UA, -1,
+	in_flight_start_iterate(in_flight, &scan);
+	while ((entry = in_flight_iterate(in_flight, &scan)) != NULL)
+		kp_report_add(buf, entry->id, KP_RETURNED, RD_KAFKA_PARTITION_UA, -1,
 					  RD_KAFKA_RESP_ERR__PURGE_QUEUE);
 }
 
@@ -305,6 +321,8 @@ KpSendResult
 kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 {
 	rd_kafka_resp_err_t err;
+	KpInFlight *entry;
+	bool		found;
 
 	Assert(producer != NULL);
 	err = rd_kafka_producev(producer,
@@ -322,7 +340,8 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL)
 		return KP_SEND_QUEUE_FULL;
 
-	hash_search(in_flight, &msg->id, HASH_ENTER, NULL);
+	entry = in_flight_insert(in_flight, msg->id, &found);
+	entry->outbox_tid = msg->outbox_tid;
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		kp_shmem_count(KP_COUNT_SENT, 1);
@@ -336,17 +355,29 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 bool
 kp_producer_is_in_flight(int64 id)
 {
-	return hash_search(in_flight, &id, HASH_FIND, NULL) != NULL;
+	return in_flight_lookup(in_flight, id) != NULL;
+}
+
+/* Where the in-flight message id's outbox row was read; false if unknown. */
+bool
+kp_producer_outbox_tid(int64 id, ItemPointer tid)
+{
+	KpInFlight *entry = in_flight_lookup(in_flight, id);
+
+	if (entry == NULL)
+		return false;
+	*tid = entry->outbox_tid;
+	return true;
 }
 
 void
 kp_producer_forget(int64 id)
 {
-	hash_search(in_flight, &id, HASH_REMOVE, NULL);
+	in_flight_delete(in_flight, id);
 }
 
 long
 kp_producer_in_flight_count(void)
 {
-	return in_flight == NULL ? 0 : hash_get_num_entries(in_flight);
+	return in_flight == NULL ? 0 : (long) in_flight->members;
 }
