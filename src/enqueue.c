@@ -40,7 +40,6 @@ PG_FUNCTION_INFO_V1(kafka_send);
 PG_FUNCTION_INFO_V1(kafka_wake_worker);
 PG_FUNCTION_INFO_V1(kafka_check_database);
 
-#define KP_TOPIC_MAX_LEN 249
 
 /*
  * What librdkafka adds to key, value and headers when it checks a message
@@ -207,11 +206,11 @@ check_topic(text *topic)
 	const char *name = VARDATA_ANY(topic);
 	int			len = VARSIZE_ANY_EXHDR(topic);
 
-	if (len == 0 || len > KP_TOPIC_MAX_LEN)
+	if (len == 0 || len > KP_TOPIC_NAME_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid Kafka topic name \"%s\"", text_to_cstring(topic)),
-				 errdetail("A topic name has 1 to %d characters.", KP_TOPIC_MAX_LEN)));
+				 errdetail("A topic name has 1 to %d characters.", KP_TOPIC_NAME_MAX)));
 	if ((len == 1 && name[0] == '.') ||
 		(len == 2 && name[0] == '.' && name[1] == '.'))
 		ereport(ERROR,

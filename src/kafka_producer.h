@@ -25,6 +25,9 @@
 #define KP_EXTENSION_NAME "kafka_producer"
 #define KP_SCHEMA_NAME "kafka"
 
+/* Kafka's limit on the length of a topic name */
+#define KP_TOPIC_NAME_MAX 249
+
 /* guc.c: the kafka.* settings */
 extern char *kp_database;
 extern int	kp_max_attempts;
@@ -139,10 +142,17 @@ typedef struct KpReportBuffer
 	int			capacity;
 } KpReportBuffer;
 
+/* which version of a kafka.outbox row was read, and where */
+typedef struct KpRowVersion
+{
+	ItemPointerData tid;
+	TransactionId xmin;			/* raw: kept by VACUUM FULL, new after UPDATE */
+} KpRowVersion;
+
 typedef struct KpMessage
 {
 	int64		id;
-	ItemPointerData outbox_tid;	/* where its kafka.outbox row was read */
+	KpRowVersion outbox_row;
 	const char *topic;
 	const char *key;
 	size_t		key_len;
@@ -168,7 +178,7 @@ extern KpSendResult kp_producer_send(KpMessage *msg, KpReportBuffer *buf);
 extern void kp_producer_poll(KpReportBuffer *buf);
 extern void kp_producer_return_queued(void);
 extern bool kp_producer_is_in_flight(int64 id);
-extern bool kp_producer_outbox_tid(int64 id, ItemPointer tid);
+extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
 extern void kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
 extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,

@@ -29,6 +29,7 @@
 #include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "storage/bufmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -196,6 +197,16 @@ bytes_of(TupleTableSlot *slot, int column, const char **data, size_t *len)
 	*len = VARSIZE_ANY_EXHDR(bytes);
 }
 
+static TransactionId
+raw_xmin(TupleTableSlot *slot)
+{
+	bool		isnull;
+
+	return DatumGetTransactionId(slot_getsysattr(slot,
+												 MinTransactionIdAttributeNumber,
+												 &isnull));
+}
+
 /* Hands one outbox row to the producer. */
 static KpSendResult
 send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
@@ -203,7 +214,8 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 	KpMessage	msg;
 
 	msg.id = id;
-	msg.outbox_tid = slot->tts_tid;
+	msg.outbox_row.tid = slot->tts_tid;
+	msg.outbox_row.xmin = raw_xmin(slot);
 	msg.topic = TextDatumGetCString(slot->tts_values[OUTBOX_TOPIC]);
 	bytes_of(slot, OUTBOX_KEY, &msg.key, &msg.key_len);
 	bytes_of(slot, OUTBOX_VALUE, &msg.value, &msg.value_len);
@@ -450,26 +462,33 @@ outbox_row_by_id(Relation rel, Relation primary_key, int64 id,
 }
 
 /*
- * Finds a delivered message's outbox row where the worker read it, or, if
- * it moved since (an UPDATE, VACUUM FULL), through the primary key.
+ * Finds the version of a delivered message's outbox row that the worker
+ * read: where it read it, or, if a rewrite (VACUUM FULL, CLUSTER) moved
+ * it, through the primary key.  An UPDATE makes a version that was not
+ * sent: not found.  nblocks is the outbox's size.
  */
 static bool
-fetch_outbox_row(Relation rel, Relation primary_key, int64 id,
-				 TupleTableSlot *slot)
+fetch_outbox_row(Relation rel, Relation primary_key, BlockNumber nblocks,
+				 int64 id, TupleTableSlot *slot)
 {
-	ItemPointerData tid;
+	KpRowVersion sent;
 
-	if (kp_producer_outbox_tid(id, &tid) &&
-		table_tuple_fetch_row_version(rel, &tid, GetActiveSnapshot(), slot))
+	if (!kp_producer_outbox_row(id, &sent))
+		return false;
+	/* a rewrite may also have left the old position beyond the end */
+	if (ItemPointerGetBlockNumber(&sent.tid) < nblocks &&
+		table_tuple_fetch_row_version(rel, &sent.tid, GetActiveSnapshot(),
+									  slot))
 	{
 		slot_getallattrs(slot);
-		if (DatumGetInt64(slot->tts_values[OUTBOX_ID]) == id)
+		if (DatumGetInt64(slot->tts_values[OUTBOX_ID]) == id &&
+			raw_xmin(slot) == sent.xmin)
 			return true;
 	}
 	if (!outbox_row_by_id(rel, primary_key, id, slot))
 		return false;
 	slot_getallattrs(slot);
-	return true;
+	return raw_xmin(slot) == sent.xmin;
 }
 
 /*
@@ -477,8 +496,8 @@ fetch_outbox_row(Relation rel, Relation primary_key, int64 id,
  * message this is the worker's only write, so it bypasses the executor:
  * the row is found by the position it was read from, deleted, and its
  * record written with the next thousand in one heap_multi_insert.  A row
- * deleted or changed by someone else meanwhile is left alone; a changed
- * one is then sent again.
+ * deleted or changed by someone else meanwhile is left alone; the worker
+ * rescans from it, so a changed one is sent again.
  */
 static void
 record_delivered(KpReportBuffer *buf, int count)
@@ -488,6 +507,7 @@ record_delivered(KpReportBuffer *buf, int count)
 										 AccessShareLock);
 	TupleTableSlot *outbox_row = table_slot_create(outbox, NULL);
 	KpDeliveredWriter writer;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(outbox);
 	int64	   *ids = palloc(count * sizeof(int64));
 	int			recorded = 0;
 
@@ -498,12 +518,18 @@ record_delivered(KpReportBuffer *buf, int count)
 		KpReport   *report = &buf->reports[i];
 		TM_FailureData failure;
 
-		if (report->outcome != KP_DELIVERED ||
-			!fetch_outbox_row(outbox, primary_key, report->id, outbox_row) ||
+		if (report->outcome != KP_DELIVERED)
+			continue;
+		if (!fetch_outbox_row(outbox, primary_key, nblocks, report->id,
+							  outbox_row) ||
 			table_tuple_delete(outbox, &outbox_row->tts_tid, writer.cid,
 							   GetActiveSnapshot(), InvalidSnapshot, true,
 							   &failure, false) != TM_Ok)
+		{
+			/* a new version, if any, must be found by a scan to be sent */
+			kp_shmem_notify_commit(report->id);
 			continue;
+		}
 		delivered_writer_add(&writer, outbox_row, report);
 		ExecClearTuple(outbox_row);
 		ids[recorded++] = report->id;

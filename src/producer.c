@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/hashfn.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 
 #include "kafka_producer.h"
@@ -31,7 +32,7 @@ static int	wakeup_pipe[2] = {-1, -1};
 typedef struct KpInFlight
 {
 	int64		id;				/* hash key */
-	ItemPointerData outbox_tid;
+	KpRowVersion outbox_row;
 	char		status;			/* used by simplehash */
 } KpInFlight;
 
@@ -52,6 +53,9 @@ typedef struct KpInFlight
 #include "lib/simplehash.h"
 
 static in_flight_hash *in_flight = NULL;
+
+/* topics this producer has been asked to send to; see learn_topic() */
+static HTAB *known_topics = NULL;
 
 /*
  * Errors that no retry can cure.  Everything else is treated as transient:
@@ -297,6 +301,9 @@ kp_producer_stop(KpReportBuffer *buf)
 	rd_kafka_destroy(producer);
 	producer = NULL;
 	kp_stats_clear();
+	if (known_topics != NULL)
+		hash_destroy(known_topics);
+	known_topics = NULL;
 
 	/* ids already reported are returned twice: harmless, both just unmark */
 	in_flight_start_iterate(in_flight, &scan);
@@ -317,6 +324,40 @@ kp_producer_return_queued(void)
 					   RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING);
 }
 
+/*
+ * On a topic's first message, asks for its metadata at once.  librdkafka
+ * would otherwise wait for its next one-second topic scan, and every
+ * message to a new topic would sit in its queue until then.  The request
+ * is not waited for: its answer updates the producer's metadata cache.
+ */
+static void
+learn_topic(const char *topic)
+{
+	bool		found;
+	rd_kafka_topic_t *handle;
+	const struct rd_kafka_metadata *metadata;
+
+	if (known_topics == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = KP_TOPIC_NAME_MAX + 1;
+		ctl.entrysize = KP_TOPIC_NAME_MAX + 1;
+		known_topics = hash_create("kafka_producer topics", 64, &ctl,
+								   HASH_ELEM | HASH_STRINGS);
+	}
+	hash_search(known_topics, topic, HASH_ENTER, &found);
+	if (found)
+		return;
+	handle = rd_kafka_topic_new(producer, topic, NULL);
+	if (handle == NULL)
+		return;
+	if (rd_kafka_metadata(producer, 0, handle, &metadata, 0) ==
+		RD_KAFKA_RESP_ERR_NO_ERROR)
+		rd_kafka_metadata_destroy(metadata);
+	rd_kafka_topic_destroy(handle);
+}
+
 KpSendResult
 kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 {
@@ -325,6 +366,7 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	bool		found;
 
 	Assert(producer != NULL);
+	learn_topic(msg->topic);
 	err = rd_kafka_producev(producer,
 							RD_KAFKA_V_TOPIC(msg->topic),
 							RD_KAFKA_V_PARTITION(msg->partition),
@@ -341,7 +383,7 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 		return KP_SEND_QUEUE_FULL;
 
 	entry = in_flight_insert(in_flight, msg->id, &found);
-	entry->outbox_tid = msg->outbox_tid;
+	entry->outbox_row = msg->outbox_row;
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		kp_shmem_count(KP_COUNT_SENT, 1);
@@ -358,15 +400,15 @@ kp_producer_is_in_flight(int64 id)
 	return in_flight_lookup(in_flight, id) != NULL;
 }
 
-/* Where the in-flight message id's outbox row was read; false if unknown. */
+/* The outbox row version in-flight message id was read from; false if unknown. */
 bool
-kp_producer_outbox_tid(int64 id, ItemPointer tid)
+kp_producer_outbox_row(int64 id, KpRowVersion *row)
 {
 	KpInFlight *entry = in_flight_lookup(in_flight, id);
 
 	if (entry == NULL)
 		return false;
-	*tid = entry->outbox_tid;
+	*row = entry->outbox_row;
 	return true;
 }
 
