@@ -10,7 +10,8 @@ OBJS = \
 	src/producer.o \
 	src/outbox.o \
 	src/notify.o \
-	src/stats.o
+	src/stats.o \
+	src/commit_wait.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 

@@ -45,3 +45,12 @@ SELECT count(*) FROM pg_settings WHERE name = 'kafka.producer_properties';
 SHOW kafka.acks;
 RESET ROLE;
 DROP ROLE kafka_reader;
+
+-- kafka.wait_on_commit is for any session or transaction to choose
+SHOW kafka.wait_on_commit;
+SET kafka.wait_on_commit = maybe;
+BEGIN;
+SET LOCAL kafka.wait_on_commit = on;
+SHOW kafka.wait_on_commit;
+COMMIT;
+SHOW kafka.wait_on_commit;

@@ -128,9 +128,16 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			kp_shmem_notify_commit(xact_first_id);
-			remember_committed(xact_first_id, xact_last_id);
-			xact_first_id = xact_last_id = -1;
+			{
+				int64		first_id = xact_first_id;
+				int64		last_id = xact_last_id;
+
+				kp_shmem_notify_commit(first_id);
+				remember_committed(first_id, last_id);
+				xact_first_id = xact_last_id = -1;
+				if (kp_wait_on_commit)
+					kp_commit_wait(first_id, last_id);
+			}
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:

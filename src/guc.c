@@ -331,6 +331,13 @@ define_producer_int(const char *name, const char *description, int *variable,
 							min, max, PGC_SIGHUP, flags, NULL, NULL, NULL);
 }
 
+/* kafka.message_timeout_ms, with 0 (no limit) as the largest wait */
+int
+kp_guc_message_timeout_ms(void)
+{
+	return kp_message_timeout_ms == 0 ? INT_MAX : kp_message_timeout_ms;
+}
+
 void
 kp_guc_init(void)
 {
@@ -384,6 +391,11 @@ kp_guc_init(void)
 							   &kp_producer_properties, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   check_producer_properties, NULL, NULL);
+	DefineCustomBoolVariable("kafka.wait_on_commit",
+							 "COMMIT returns only once Kafka has acknowledged the transaction's messages.",
+							 "A failure or a wait longer than kafka.message_timeout_ms is reported with a WARNING: the transaction is committed already.",
+							 &kp_wait_on_commit, false,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("kafka.database",
 							   "Database whose messages the worker delivers.",
 							   NULL, &kp_database, "postgres",

@@ -34,7 +34,10 @@ extern int	kp_max_attempts;
 extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
 
+extern bool kp_wait_on_commit;
+
 extern void kp_guc_init(void);
+extern int	kp_guc_message_timeout_ms(void);
 extern rd_kafka_conf_t *kp_guc_producer_conf(char *errstr, size_t errstr_size);
 extern char *kp_guc_producer_fingerprint(void);
 
@@ -83,6 +86,7 @@ typedef struct KpSharedState
 extern void kp_shmem_init(void);
 extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_notify_commit(int64 first_id);
+extern void kp_shmem_wake_worker(void);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
 extern bool kp_shmem_begin_connecting(void);
@@ -94,6 +98,13 @@ extern void kp_shmem_set_last_error(const char *error);
 extern void kp_shmem_counters_json(StringInfo json);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
+
+/* commit_wait.c: kafka.wait_on_commit */
+extern Size kp_commit_wait_shmem_size(void);
+extern void kp_commit_wait_shmem_init(void);
+extern void kp_commit_wait(int64 first_id, int64 last_id);
+extern bool kp_commit_wait_pending(void);
+extern void kp_commit_wait_answer(void);
 
 /* stats.c: librdkafka's statistics for SQL */
 extern void kp_stats_save(const char *json);

@@ -33,6 +33,7 @@ kp_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
+	RequestAddinShmemSpace(MAXALIGN(kp_commit_wait_shmem_size()));
 }
 
 static void
@@ -60,6 +61,7 @@ kp_shmem_startup(void)
 		kp_shared->last_error_at = 0;
 		ConditionVariableInit(&kp_shared->outcomes_recorded);
 	}
+	kp_commit_wait_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -91,12 +93,18 @@ void
 kp_shmem_notify_commit(int64 first_id)
 {
 	uint64		current = pg_atomic_read_u64(&kp_shared->rescan_from);
-	int			procno;
 
 	while ((uint64) first_id < current &&
 		   !pg_atomic_compare_exchange_u64(&kp_shared->rescan_from, &current,
 										   (uint64) first_id))
 		;
+	kp_shmem_wake_worker();
+}
+
+void
+kp_shmem_wake_worker(void)
+{
+	int			procno;
 
 	SpinLockAcquire(&kp_shared->mutex);
 	procno = kp_shared->worker_procno;

@@ -317,6 +317,15 @@ record_reports(void)
 	return true;
 }
 
+/* tells sessions waiting in COMMIT (kafka.wait_on_commit) what is final */
+static void
+answer_commit_waits_step(void)
+{
+	begin_transaction("answering commits that wait for Kafka");
+	kp_commit_wait_answer();
+	end_transaction();
+}
+
 static int64 send_from;
 static int64 send_last;
 
@@ -439,7 +448,8 @@ deliver(MemoryContext loop_context)
 			reload_settings();
 
 		kp_producer_poll(&reports);
-		if (!record_reports())
+		if (!record_reports() ||
+			(kp_commit_wait_pending() && !run_guarded(answer_commit_waits_step)))
 		{
 			wait_for_events(KP_ERROR_BACKOFF_MS);
 			continue;
