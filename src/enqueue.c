@@ -132,7 +132,7 @@ enqueue_xact_callback(XactEvent event, void *arg)
 				int64		first_id = xact_first_id;
 				int64		last_id = xact_last_id;
 
-				kp_shmem_notify_commit(first_id);
+				kp_shmem_request_rescan(first_id);
 				remember_committed(first_id, last_id);
 				xact_first_id = xact_last_id = -1;
 				if (kp_wait_on_commit)

@@ -45,8 +45,9 @@ extern char *kp_guc_producer_fingerprint(void);
  * shmem.c: state shared between backends and the worker.
  *
  * Locking: worker_procno and worker_pid are protected by mutex.
- * rescan_from is an atomic that backends lower (never raise) at commit and
- * the worker swaps back to PG_UINT64_MAX before each scan of the outbox.
+ * rescan_from is an atomic that kp_shmem_request_rescan lowers (never
+ * raises), at commit or for a row that changed in flight, and that the
+ * worker swaps back to PG_UINT64_MAX before each scan of the outbox.
  * outcome_generation only grows: the worker adds one after each commit of
  * recorded outcomes, then broadcasts outcomes_recorded.  counters are
  * atomics written by the worker only; last_error and last_error_at are
@@ -85,7 +86,7 @@ typedef struct KpSharedState
 
 extern void kp_shmem_init(void);
 extern void kp_shmem_check_preloaded(void);
-extern void kp_shmem_notify_commit(int64 first_id);
+extern void kp_shmem_request_rescan(int64 first_id);
 extern void kp_shmem_wake_worker(void);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);

@@ -527,7 +527,7 @@ record_delivered(KpReportBuffer *buf, int count)
 							   &failure, false) != TM_Ok)
 		{
 			/* a new version, if any, must be found by a scan to be sent */
-			kp_shmem_notify_commit(report->id);
+			kp_shmem_request_rescan(report->id);
 			continue;
 		}
 		delivered_writer_add(&writer, outbox_row, report);

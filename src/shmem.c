@@ -85,12 +85,13 @@ kp_shmem_check_preloaded(void)
 }
 
 /*
- * Called after a transaction that enqueued messages from first_id on has
- * committed (its rows are visible to new snapshots): lowers the rescan
- * position if the worker may have scanned past them, and wakes the worker.
+ * Asks the worker to scan again from first_id on, if it may have scanned
+ * past it, and wakes it.  Called after a transaction that enqueued
+ * messages from first_id on has committed (its rows are visible to new
+ * snapshots), and by the worker for a row that changed while in flight.
  */
 void
-kp_shmem_notify_commit(int64 first_id)
+kp_shmem_request_rescan(int64 first_id)
 {
 	uint64		current = pg_atomic_read_u64(&kp_shared->rescan_from);
 

@@ -10,7 +10,7 @@
  *	  pipe.  No transaction stays open while it waits.
  *
  *	  Order: the scan position only moves forward, except that a commit
- *	  behind it lowers it (kp_shmem_notify_commit), and that after any
+ *	  behind it lowers it (kp_shmem_request_rescan), and that after any
  *	  message must be sent again the worker first takes back everything
  *	  librdkafka has not sent, waits for what is in flight, then rescans
  *	  from the start, so a key's messages reach Kafka in id order.
@@ -355,7 +355,7 @@ send_pending(void)
 		kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT)
 		return false;
 
-	/* taken before the scan's snapshot: see kp_shmem_notify_commit */
+	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
 	committed_behind = kp_shmem_take_rescan_from();
 	send_from = Min(scan_after, committed_behind - 1);
 	if (!run_guarded(send_step))
