@@ -382,67 +382,21 @@ insert_outbox_row(Datum *values, bool *nulls)
 }
 
 /*
- * kafka_send(topic text, value "any", key "any", partition int, headers jsonb)
- *		returns the new message's id
+ * Checks a message against Kafka's rules and kafka.message_max_bytes;
+ * returns its size as librdkafka counts it.
  */
-Datum
-kafka_send(PG_FUNCTION_ARGS)
+Size
+kp_message_check(KpNewMessage *msg)
 {
-	KpSendCache *cache;
-	text	   *topic;
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
 	Size		size = KP_RECORD_OVERHEAD;
-	int64		id;
 
-	kp_check_serving_database();
-	PreventCommandIfReadOnly("kafka_send()");
-	PreventCommandIfParallelMode("kafka_send()");
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("Kafka topic must not be null")));
-	topic = PG_GETARG_TEXT_PP(0);
-	check_topic(topic);
-	cache = send_cache(fcinfo);
-
-	memset(nulls, false, sizeof(nulls));
-	values[OUTBOX_TOPIC] = PointerGetDatum(topic);
-	nulls[OUTBOX_VALUE] = PG_ARGISNULL(1);
-	if (!PG_ARGISNULL(1))
-	{
-		bytea	   *value = encode_argument(&cache->value, PG_GETARG_DATUM(1));
-
-		size += VARSIZE_ANY_EXHDR(value);
-		values[OUTBOX_VALUE] = PointerGetDatum(value);
-	}
-	nulls[OUTBOX_KEY] = PG_ARGISNULL(2);
-	if (!PG_ARGISNULL(2))
-	{
-		bytea	   *key = encode_argument(&cache->key, PG_GETARG_DATUM(2));
-
-		size += VARSIZE_ANY_EXHDR(key);
-		values[OUTBOX_KEY] = PointerGetDatum(key);
-	}
-	nulls[OUTBOX_PARTITION] = PG_ARGISNULL(3);
-	if (!PG_ARGISNULL(3))
-	{
-		if (PG_GETARG_INT32(3) < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("Kafka partition must not be negative"),
-					 errhint("Pass NULL to let the partitioner choose.")));
-		values[OUTBOX_PARTITION] = PG_GETARG_DATUM(3);
-	}
-	nulls[OUTBOX_HEADERS] = PG_ARGISNULL(4);
-	if (!PG_ARGISNULL(4))
-	{
-		Jsonb	   *headers = PG_GETARG_JSONB_P(4);
-
-		size += check_headers(headers);
-		values[OUTBOX_HEADERS] = PointerGetDatum(headers);
-	}
+	check_topic(msg->topic);
+	if (msg->value != NULL)
+		size += VARSIZE_ANY_EXHDR(msg->value);
+	if (msg->key != NULL)
+		size += VARSIZE_ANY_EXHDR(msg->key);
+	if (msg->headers != NULL)
+		size += check_headers(msg->headers);
 	if (size > (Size) kp_message_max_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -450,12 +404,82 @@ kafka_send(PG_FUNCTION_ARGS)
 				 errdetail("With key, headers and Kafka's record overhead it takes %zu bytes; kafka.message_max_bytes is %d.",
 						   size, kp_message_max_bytes),
 				 errhint("Raise kafka.message_max_bytes, and the topic's max.message.bytes on the brokers.")));
+	return size;
+}
 
+/*
+ * Enqueues a message in the current transaction: the worker delivers it
+ * once the transaction commits.  Returns its id.
+ */
+int64
+kp_enqueue(KpNewMessage *msg)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
+	int64		id;
+
+	kp_check_serving_database();
+	PreventCommandIfReadOnly("kafka_send()");
+	PreventCommandIfParallelMode("kafka_send()");
+	kp_message_check(msg);
+
+	memset(nulls, false, sizeof(nulls));
+	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
+	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
+	nulls[OUTBOX_KEY] = msg->key == NULL;
+	values[OUTBOX_VALUE] = PointerGetDatum(msg->value);
+	nulls[OUTBOX_VALUE] = msg->value == NULL;
+	values[OUTBOX_HEADERS] = PointerGetDatum(msg->headers);
+	nulls[OUTBOX_HEADERS] = msg->headers == NULL;
+	values[OUTBOX_PARTITION] = Int32GetDatum(msg->partition);
+	nulls[OUTBOX_PARTITION] = msg->partition == RD_KAFKA_PARTITION_UA;
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
 	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	id = insert_outbox_row(values, nulls);
 	kp_enqueue_wake_at_commit(id);
-	PG_RETURN_INT64(id);
+	return id;
+}
+
+/*
+ * The message described by the arguments (topic text, value "any",
+ * key "any", partition int, headers jsonb) of kafka_send() and
+ * kafka_send_sync().
+ */
+void
+kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg)
+{
+	KpSendCache *cache;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("Kafka topic must not be null")));
+	cache = send_cache(fcinfo);
+	msg->topic = PG_GETARG_TEXT_PP(0);
+	msg->value = PG_ARGISNULL(1) ? NULL :
+		encode_argument(&cache->value, PG_GETARG_DATUM(1));
+	msg->key = PG_ARGISNULL(2) ? NULL :
+		encode_argument(&cache->key, PG_GETARG_DATUM(2));
+	msg->partition = PG_ARGISNULL(3) ? RD_KAFKA_PARTITION_UA : PG_GETARG_INT32(3);
+	if (msg->partition < 0 && !PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Kafka partition must not be negative"),
+				 errhint("Pass NULL to let the partitioner choose.")));
+	msg->headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+}
+
+/*
+ * kafka_send(topic text, value "any", key "any", partition int, headers jsonb)
+ *		returns the new message's id
+ */
+Datum
+kafka_send(PG_FUNCTION_ARGS)
+{
+	KpNewMessage msg;
+
+	kp_message_from_args(fcinfo, &msg);
+	PG_RETURN_INT64(kp_enqueue(&msg));
 }

@@ -13,6 +13,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "datatype/timestamp.h"
@@ -20,6 +21,7 @@
 #include "storage/itemptr.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
+#include "utils/jsonb.h"
 #include "utils/relcache.h"
 
 #define KP_EXTENSION_NAME "kafka_producer"
@@ -121,6 +123,19 @@ typedef struct KpIdRange
 	int64		last;
 } KpIdRange;
 
+/* a message for kafka.outbox or kafka_send_sync(), before it has an id */
+typedef struct KpNewMessage
+{
+	text	   *topic;
+	bytea	   *key;			/* NULL: no key */
+	bytea	   *value;			/* NULL: a tombstone */
+	int32		partition;		/* RD_KAFKA_PARTITION_UA: the partitioner's */
+	Jsonb	   *headers;		/* NULL: no headers */
+} KpNewMessage;
+
+extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
+extern Size kp_message_check(KpNewMessage *msg);
+extern int64 kp_enqueue(KpNewMessage *msg);
 extern void kp_enqueue_wake_at_commit(int64 id);
 extern int	kp_enqueue_committed_ranges(KpIdRange **ranges);
 extern void kp_enqueue_forget_committed(void);
