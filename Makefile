@@ -11,11 +11,12 @@ OBJS = \
 	src/outbox.o \
 	src/notify.o \
 	src/stats.o \
-	src/commit_wait.o
+	src/commit_wait.o \
+	src/sync_send.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait
+REGRESS = setup send config retry wait sync
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 
@@ -24,7 +25,7 @@ PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS))
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
 SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS))
 
-EXTRA_CLEAN = test/mock_cluster tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = test/mock_cluster test/produce_flush tmp_check results regression.diffs regression.out
 
 # JIT inlining of this module buys nothing; skip the bitcode (and the clang dependency)
 override with_llvm = no
@@ -35,6 +36,10 @@ include $(PGXS)
 
 # The librdkafka mock cluster the end-to-end tests and the demo run against.
 test/mock_cluster: test/mock_cluster.c
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< $(shell pkg-config --cflags --libs $(KAFKA_PKGS))
+
+# The bare librdkafka baseline of the kafka_send_sync() latency benchmark.
+test/produce_flush: test/produce_flush.c
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< $(shell pkg-config --cflags --libs $(KAFKA_PKGS))
 
 .PHONY: test-e2e

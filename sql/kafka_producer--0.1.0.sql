@@ -98,6 +98,24 @@ CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
 COMMENT ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) IS
 	'enqueue a message; it is delivered after the calling transaction commits';
 
+/* Where Kafka stored a message; offset is null with acks = 0. */
+CREATE TYPE kafka.delivery AS (id bigint, "partition" integer, "offset" bigint);
+
+/*
+ * Sends a message now, outside the calling transaction, and waits for
+ * Kafka's acknowledgement; an ERROR if Kafka refuses it or does not answer
+ * within kafka.message_timeout_ms.
+ */
+CREATE FUNCTION kafka_send_sync(topic text, value "any", key "any" DEFAULT NULL,
+								"partition" integer DEFAULT NULL,
+								headers jsonb DEFAULT NULL)
+	RETURNS kafka.delivery
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send_sync';
+
+COMMENT ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) IS
+	'send a message now, outside the transaction, and wait for Kafka''s acknowledgement';
+
 /* Tells the worker, at commit, that messages from first_id on are new. */
 CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_wake_worker';
@@ -222,6 +240,7 @@ COMMENT ON FUNCTION kafka_retry_failed(text) IS
 	're-queue every failed message, or those of one topic; returns how many';
 
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_stats() FROM PUBLIC;

@@ -21,6 +21,7 @@
 #include "storage/itemptr.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 
@@ -90,6 +91,7 @@ extern void kp_shmem_init(void);
 extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_request_rescan(int64 first_id);
 extern void kp_shmem_wake_worker(void);
+extern pid_t kp_shmem_worker_pid(void);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
 extern bool kp_shmem_begin_connecting(void);
@@ -108,6 +110,19 @@ extern void kp_commit_wait_shmem_init(void);
 extern void kp_commit_wait(int64 first_id, int64 last_id);
 extern bool kp_commit_wait_pending(void);
 extern void kp_commit_wait_answer(void);
+
+/* sync_send.c: kafka_send_sync() */
+extern Size kp_sync_shmem_size(void);
+extern void kp_sync_shmem_init(void);
+extern bool kp_sync_requested(void);
+extern void kp_sync_send_requested(void);
+extern void kp_sync_poll(void);
+extern long kp_sync_in_flight(void);
+extern void kp_sync_stop(void);
+extern bool kp_sync_record_due(bool all);
+extern long kp_sync_ms_until_record(void);
+extern int	kp_sync_record(void);
+extern void kp_sync_forget_recorded(void);
 
 /* stats.c: librdkafka's statistics for SQL */
 extern void kp_stats_save(const char *json);
@@ -196,6 +211,14 @@ typedef enum KpSendResult
 	KP_SEND_REFUSED				/* a KP_FAILED report was added */
 } KpSendResult;
 
+extern rd_kafka_t *kp_kafka_new(int linger_ms, bool stats,
+								rd_kafka_queue_t **queue);
+extern void kp_kafka_destroy(rd_kafka_t *rk, rd_kafka_queue_t *queue,
+							 HTAB **topics);
+extern bool kp_kafka_handle_event(rd_kafka_event_t *event);
+extern rd_kafka_topic_t *kp_kafka_topic(rd_kafka_t *rk, HTAB **topics,
+										const char *name);
+extern void kp_kafka_forget_topics(HTAB **topics);
 extern bool kp_producer_start(void);
 extern void kp_producer_stop(KpReportBuffer *buf);
 extern bool kp_producer_running(void);
@@ -244,6 +267,7 @@ extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
 							  ItemPointer tid, Datum *values, bool *nulls);
 extern void kp_indexes_close(KpIndexes *indexes);
 extern bool kp_outbox_present(void);
+extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,
 								  bool *queue_full);

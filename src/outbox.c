@@ -161,8 +161,8 @@ kp_outbox_present(void)
 	return OidIsValid(get_extension_oid(KP_EXTENSION_NAME, true));
 }
 
-static rd_kafka_headers_t *
-headers_from_jsonb(Jsonb *jb)
+rd_kafka_headers_t *
+kp_headers_from_jsonb(Jsonb *jb)
 {
 	rd_kafka_headers_t *headers = rd_kafka_headers_new(JB_ROOT_COUNT(jb));
 	JsonbIterator *it = JsonbIteratorInit(&jb->root);
@@ -220,7 +220,7 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 	bytes_of(slot, OUTBOX_KEY, &msg.key, &msg.key_len);
 	bytes_of(slot, OUTBOX_VALUE, &msg.value, &msg.value_len);
 	msg.headers = slot->tts_isnull[OUTBOX_HEADERS] ? NULL :
-		headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
+		kp_headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
 	msg.partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
 		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
 	*bytes += msg.key_len + msg.value_len;

@@ -54,7 +54,7 @@ typedef struct KpInFlight
 
 static in_flight_hash *in_flight = NULL;
 
-/* topics this producer has been asked to send to; see learn_topic() */
+/* topic handles of the producer; see kp_kafka_topic() */
 static HTAB *known_topics = NULL;
 
 /*
@@ -137,46 +137,77 @@ create_wakeup_pipe(void)
 }
 
 /*
- * Creates the producer from the current settings.  A configuration that
- * librdkafka refuses is logged and false returned: the worker then waits
- * for a reload instead of failing in a loop.
+ * Creates a librdkafka producer from the current settings, with linger.ms
+ * overridden unless linger_ms is negative.  Its events (delivery reports,
+ * errors, logs, and statistics if stats is set) go to its main queue,
+ * returned in *queue, which writes to the worker's wakeup pipe.  A
+ * configuration that librdkafka refuses is logged and NULL returned: the
+ * worker then waits for a reload instead of failing in a loop.
  */
-bool
-kp_producer_start(void)
+rd_kafka_t *
+kp_kafka_new(int linger_ms, bool stats, rd_kafka_queue_t **queue)
 {
 	char		errstr[512];
 	rd_kafka_conf_t *conf;
+	rd_kafka_t *rk = NULL;
 
-	Assert(producer == NULL);
 	create_wakeup_pipe();
-	if (in_flight == NULL)
-		in_flight = in_flight_create(TopMemoryContext, 65536, NULL);
-
 	conf = kp_guc_producer_conf(errstr, sizeof(errstr));
+	if (conf != NULL && linger_ms >= 0 &&
+		rd_kafka_conf_set(conf, "linger.ms", psprintf("%d", linger_ms),
+						  errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+	{
+		rd_kafka_conf_destroy(conf);
+		conf = NULL;
+	}
 	if (conf != NULL)
 	{
 		rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR |
 								 RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG |
-								 RD_KAFKA_EVENT_STATS);
-		producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
-								sizeof(errstr));
-		if (producer == NULL)
+								 (stats ? RD_KAFKA_EVENT_STATS : 0));
+		rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+		if (rk == NULL)
 			rd_kafka_conf_destroy(conf);
 	}
-	if (producer == NULL)
+	if (rk == NULL)
 	{
 		ereport(LOG,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not create Kafka producer: %s", errstr),
 				 errhint("Correct the kafka.* settings and reload the configuration.")));
-		return false;
+		return NULL;
 	}
-	rd_kafka_set_log_queue(producer, NULL);
-	main_queue = rd_kafka_queue_get_main(producer);
-	rd_kafka_queue_io_event_enable(main_queue, wakeup_pipe[1], "1", 1);
+	rd_kafka_set_log_queue(rk, NULL);
+	*queue = rd_kafka_queue_get_main(rk);
+	rd_kafka_queue_io_event_enable(*queue, wakeup_pipe[1], "1", 1);
 	ereport(LOG,
-			(errmsg("Kafka producer %s started", rd_kafka_name(producer))));
-	return true;
+			(errmsg("Kafka producer %s started", rd_kafka_name(rk))));
+	return rk;
+}
+
+/*
+ * Destroys a producer made by kp_kafka_new, and its topic handles.  What
+ * it still held is purged: each purged message gets a delivery report,
+ * which the caller must have collected from the queue before.
+ */
+void
+kp_kafka_destroy(rd_kafka_t *rk, rd_kafka_queue_t *queue, HTAB **topics)
+{
+	kp_kafka_forget_topics(topics);
+	rd_kafka_queue_io_event_enable(queue, -1, NULL, 0);
+	rd_kafka_queue_destroy(queue);
+	rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_destroy(rk);
+}
+
+bool
+kp_producer_start(void)
+{
+	Assert(producer == NULL);
+	if (in_flight == NULL)
+		in_flight = in_flight_create(TopMemoryContext, 65536, NULL);
+	producer = kp_kafka_new(-1, true, &main_queue);
+	return producer != NULL;
 }
 
 bool
@@ -229,8 +260,33 @@ report_error(rd_kafka_resp_err_t err, const char *text)
 }
 
 /*
- * Hands every pending event's reports to buf.  Returns true when
+ * Handles an event other than a delivery report.  Returns true when
  * librdkafka raised a fatal error: the producer must then be rebuilt.
+ */
+bool
+kp_kafka_handle_event(rd_kafka_event_t *event)
+{
+	switch (rd_kafka_event_type(event))
+	{
+		case RD_KAFKA_EVENT_ERROR:
+			report_error(rd_kafka_event_error(event),
+						 rd_kafka_event_error_string(event));
+			return rd_kafka_event_error_is_fatal(event);
+		case RD_KAFKA_EVENT_LOG:
+			log_librdkafka(event);
+			break;
+		case RD_KAFKA_EVENT_STATS:
+			kp_stats_save(rd_kafka_event_stats(event));
+			break;
+		default:
+			break;
+	}
+	return false;
+}
+
+/*
+ * Hands every pending event's reports to buf.  Returns true when
+ * librdkafka raised a fatal error.
  */
 static bool
 drain_events(KpReportBuffer *buf)
@@ -242,28 +298,15 @@ drain_events(KpReportBuffer *buf)
 	{
 		const rd_kafka_message_t *msg;
 
-		switch (rd_kafka_event_type(event))
+		if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_DR)
 		{
-			case RD_KAFKA_EVENT_DR:
-				while ((msg = rd_kafka_event_message_next(event)) != NULL)
-					kp_report_add(buf, (int64) (intptr_t) msg->_private,
-								  outcome_of(msg->err), msg->partition,
-								  msg->offset, msg->err);
-				break;
-			case RD_KAFKA_EVENT_ERROR:
-				fatal |= rd_kafka_event_error_is_fatal(event);
-				report_error(rd_kafka_event_error(event),
-							 rd_kafka_event_error_string(event));
-				break;
-			case RD_KAFKA_EVENT_LOG:
-				log_librdkafka(event);
-				break;
-			case RD_KAFKA_EVENT_STATS:
-				kp_stats_save(rd_kafka_event_stats(event));
-				break;
-			default:
-				break;
+			while ((msg = rd_kafka_event_message_next(event)) != NULL)
+				kp_report_add(buf, (int64) (intptr_t) msg->_private,
+							  outcome_of(msg->err), msg->partition,
+							  msg->offset, msg->err);
 		}
+		else
+			fatal |= kp_kafka_handle_event(event);
 		rd_kafka_event_destroy(event);
 	}
 	return fatal;
@@ -294,16 +337,10 @@ kp_producer_stop(KpReportBuffer *buf)
 	if (producer == NULL)
 		return;
 	drain_events(buf);
-	rd_kafka_queue_io_event_enable(main_queue, -1, NULL, 0);
-	rd_kafka_queue_destroy(main_queue);
-	main_queue = NULL;
-	rd_kafka_purge(producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-	rd_kafka_destroy(producer);
+	kp_kafka_destroy(producer, main_queue, &known_topics);
 	producer = NULL;
+	main_queue = NULL;
 	kp_stats_clear();
-	if (known_topics != NULL)
-		hash_destroy(known_topics);
-	known_topics = NULL;
 
 	/* ids already reported are returned twice: harmless, both just unmark */
 	in_flight_start_iterate(in_flight, &scan);
@@ -324,38 +361,65 @@ kp_producer_return_queued(void)
 					   RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING);
 }
 
-/*
- * On a topic's first message, asks for its metadata at once.  librdkafka
- * would otherwise wait for its next one-second topic scan, and every
- * message to a new topic would sit in its queue until then.  The request
- * is not waited for: its answer updates the producer's metadata cache.
- */
-static void
-learn_topic(const char *topic)
+typedef struct KpTopicHandle
 {
-	bool		found;
+	char		name[KP_TOPIC_NAME_MAX + 1];	/* hash key */
+	rd_kafka_topic_t *handle;
+} KpTopicHandle;
+
+/*
+ * The producer's handle for a topic, made on the topic's first message and
+ * kept in *topics until kp_kafka_forget_topics.  A new handle asks for
+ * the topic's metadata at once: librdkafka would otherwise wait for its
+ * next one-second topic scan, and every message to a new topic would sit
+ * in its queue until then.  The request is not waited for: its answer
+ * updates the producer's metadata cache.
+ */
+rd_kafka_topic_t *
+kp_kafka_topic(rd_kafka_t *rk, HTAB **topics, const char *name)
+{
+	KpTopicHandle *entry;
 	rd_kafka_topic_t *handle;
 	const struct rd_kafka_metadata *metadata;
 
-	if (known_topics == NULL)
+	if (*topics == NULL)
 	{
 		HASHCTL		ctl;
 
 		ctl.keysize = KP_TOPIC_NAME_MAX + 1;
-		ctl.entrysize = KP_TOPIC_NAME_MAX + 1;
-		known_topics = hash_create("kafka_producer topics", 64, &ctl,
-								   HASH_ELEM | HASH_STRINGS);
+		ctl.entrysize = sizeof(KpTopicHandle);
+		*topics = hash_create("kafka_producer topics", 64, &ctl,
+							  HASH_ELEM | HASH_STRINGS);
 	}
-	hash_search(known_topics, topic, HASH_ENTER, &found);
-	if (found)
-		return;
-	handle = rd_kafka_topic_new(producer, topic, NULL);
+	entry = hash_search(*topics, name, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->handle;
+	handle = rd_kafka_topic_new(rk, name, NULL);
 	if (handle == NULL)
-		return;
-	if (rd_kafka_metadata(producer, 0, handle, &metadata, 0) ==
+		ereport(ERROR,
+				(errmsg("could not create Kafka topic handle for \"%s\": %s",
+						name, rd_kafka_err2str(rd_kafka_last_error()))));
+	entry = hash_search(*topics, name, HASH_ENTER, NULL);
+	entry->handle = handle;
+	if (rd_kafka_metadata(rk, 0, entry->handle, &metadata, 0) ==
 		RD_KAFKA_RESP_ERR_NO_ERROR)
 		rd_kafka_metadata_destroy(metadata);
-	rd_kafka_topic_destroy(handle);
+	return entry->handle;
+}
+
+void
+kp_kafka_forget_topics(HTAB **topics)
+{
+	HASH_SEQ_STATUS scan;
+	KpTopicHandle *entry;
+
+	if (*topics == NULL)
+		return;
+	hash_seq_init(&scan, *topics);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+		rd_kafka_topic_destroy(entry->handle);
+	hash_destroy(*topics);
+	*topics = NULL;
 }
 
 KpSendResult
@@ -366,9 +430,9 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	bool		found;
 
 	Assert(producer != NULL);
-	learn_topic(msg->topic);
 	err = rd_kafka_producev(producer,
-							RD_KAFKA_V_TOPIC(msg->topic),
+							RD_KAFKA_V_RKT(kp_kafka_topic(producer, &known_topics,
+														  msg->topic)),
 							RD_KAFKA_V_PARTITION(msg->partition),
 							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 							RD_KAFKA_V_VALUE((void *) msg->value,

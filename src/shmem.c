@@ -34,6 +34,7 @@ kp_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
 	RequestAddinShmemSpace(MAXALIGN(kp_commit_wait_shmem_size()));
+	RequestAddinShmemSpace(MAXALIGN(kp_sync_shmem_size()));
 }
 
 static void
@@ -62,6 +63,7 @@ kp_shmem_startup(void)
 		ConditionVariableInit(&kp_shared->outcomes_recorded);
 	}
 	kp_commit_wait_shmem_init();
+	kp_sync_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -112,6 +114,18 @@ kp_shmem_wake_worker(void)
 	SpinLockRelease(&kp_shared->mutex);
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* the running worker's pid, 0 while none runs */
+pid_t
+kp_shmem_worker_pid(void)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&kp_shared->mutex);
+	pid = kp_shared->worker_pid;
+	SpinLockRelease(&kp_shared->mutex);
+	return pid;
 }
 
 static void

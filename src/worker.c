@@ -243,11 +243,19 @@ wait_for_extension(void)
 	}
 }
 
+static int	sync_recorded;
+
+static bool
+prune_due(void)
+{
+	return TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(),
+									  KP_PRUNE_INTERVAL_MS);
+}
+
 static void
 record_step(void)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
+	sync_recorded = 0;
 	begin_transaction("recording deliveries");
 	extension_present = kp_outbox_present();
 	if (!extension_present)
@@ -257,10 +265,11 @@ record_step(void)
 	}
 	if (reports.count > 0)
 		kp_outbox_record(&reports);
-	if (TimestampDifferenceExceeds(last_prune, now, KP_PRUNE_INTERVAL_MS))
+	sync_recorded = kp_sync_record();
+	if (prune_due())
 	{
 		kp_outbox_prune();
-		last_prune = now;
+		last_prune = GetCurrentTimestamp();
 	}
 	end_transaction();
 }
@@ -284,17 +293,22 @@ count_outcome(KpReport *report)
 }
 
 /*
- * Writes the buffered reports.  Once they are committed their messages
+ * Writes the buffered reports, and kafka_send_sync()'s outcomes when they
+ * are due or all is true.  Once the reports are committed their messages
  * leave the in-flight set; any that must be sent again starts a rewind.
+ * With nothing to write, no transaction is started.
  */
 static bool
-record_reports(void)
+record_reports(bool all)
 {
 	bool		resend = false;
 
+	if (reports.count == 0 && !kp_sync_record_due(all) && !prune_due())
+		return true;
 	if (!run_guarded(record_step))
 		return false;
-	if (reports.count > 0)
+	kp_sync_forget_recorded();
+	if (reports.count > 0 || sync_recorded > 0)
 		kp_shmem_announce_outcomes();
 	for (int i = 0; i < reports.count; i++)
 	{
@@ -333,8 +347,29 @@ static void
 send_step(void)
 {
 	begin_transaction("sending messages");
-	send_last = kp_outbox_send_batch(send_from, &reports, &queue_full);
+	send_last = send_from;
+	extension_present = kp_outbox_present();
+	if (extension_present)
+		send_last = kp_outbox_send_batch(send_from, &reports, &queue_full);
 	end_transaction();
+}
+
+/* where the last scan that found nothing started, and when; -1: none */
+static int64 empty_scan_from = -1;
+static TimestampTz empty_scan_at = 0;
+
+/*
+ * Whether a scan from send_from would find nothing: the last one from there
+ * found nothing, and nothing was committed since.  Every commit lowers the
+ * rescan position, so committed_behind says so.  A scan once a second
+ * regardless guards against anything this reasoning missed.
+ */
+static bool
+scan_would_find_nothing(int64 committed_behind)
+{
+	return committed_behind == PG_INT64_MAX && send_from == empty_scan_from &&
+		!TimestampDifferenceExceeds(empty_scan_at, GetCurrentTimestamp(),
+									KP_IDLE_WAIT_MS);
 }
 
 /*
@@ -358,12 +393,21 @@ send_pending(void)
 	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
 	committed_behind = kp_shmem_take_rescan_from();
 	send_from = Min(scan_after, committed_behind - 1);
+	if (scan_would_find_nothing(committed_behind))
+		return false;
 	if (!run_guarded(send_step))
 	{
 		scan_after = 0;
+		empty_scan_from = -1;
 		return false;
 	}
 	scan_after = send_last;
+	empty_scan_from = -1;
+	if (send_last == send_from && !queue_full)
+	{
+		empty_scan_from = send_from;
+		empty_scan_at = GetCurrentTimestamp();
+	}
 	return send_last != send_from && !queue_full;
 }
 
@@ -377,28 +421,34 @@ drain_in_flight(long timeout_ms)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   timeout_ms);
 
-	while (kp_producer_running() && kp_producer_in_flight_count() > 0)
+	while ((kp_producer_running() && kp_producer_in_flight_count() > 0) ||
+		   kp_sync_in_flight() > 0)
 	{
 		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 																deadline);
 
 		if (remaining <= 0)
 			break;
+		kp_sync_poll();
 		kp_producer_poll(&reports);
-		record_reports();
-		if (kp_producer_in_flight_count() > 0)
+		record_reports(true);
+		if (kp_producer_in_flight_count() > 0 || kp_sync_in_flight() > 0)
 			wait_for_events(Min(remaining, 100));
 	}
 	kp_producer_poll(&reports);
-	record_reports();
+	record_reports(true);
 }
 
-/* Stops the producer; what it still held comes back to be sent again. */
+/*
+ * Stops the producers.  What the outbox's producer still held comes back
+ * to be sent again; what the sync producer held fails.
+ */
 static void
 stop_producer(void)
 {
+	kp_sync_stop();
 	kp_producer_stop(&reports);
-	record_reports();
+	record_reports(true);
 }
 
 static void
@@ -447,8 +497,12 @@ deliver(MemoryContext loop_context)
 		if (ConfigReloadPending)
 			reload_settings();
 
+		/* sessions wait in kafka_send_sync(): serve them first */
+		kp_sync_poll();
+		if (kp_sync_requested())
+			run_guarded(kp_sync_send_requested);
 		kp_producer_poll(&reports);
-		if (!record_reports() ||
+		if (!record_reports(false) ||
 			(kp_commit_wait_pending() && !run_guarded(answer_commit_waits_step)))
 		{
 			wait_for_events(KP_ERROR_BACKOFF_MS);
@@ -465,7 +519,7 @@ deliver(MemoryContext loop_context)
 		}
 		more = send_pending();
 		if (!more)
-			wait_for_events(KP_IDLE_WAIT_MS);
+			wait_for_events(Min(KP_IDLE_WAIT_MS, kp_sync_ms_until_record()));
 	}
 }
 
