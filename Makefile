@@ -12,11 +12,12 @@ OBJS = \
 	src/notify.o \
 	src/stats.o \
 	src/commit_wait.o \
-	src/sync_send.o
+	src/sync_send.o \
+	src/topic_config.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync
+REGRESS = setup send config retry wait sync topic_config
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

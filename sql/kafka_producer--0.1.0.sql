@@ -83,10 +83,37 @@ CREATE VIEW kafka.messages AS
 COMMENT ON VIEW kafka.messages IS
 	'every message''s fate: pending, delivered (with partition and offset) or failed (with Kafka''s error)';
 
+/*
+ * Per-topic producer settings: Kafka topic properties (acks, compression,
+ * partitioner, timeouts) that override the kafka.* settings for one topic.
+ * A trigger checks each row with librdkafka and tells the worker at
+ * commit; the worker rebuilds its producers to apply them.
+ */
+CREATE TABLE kafka.topic_config (
+	topic text PRIMARY KEY,
+	properties jsonb NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION kafka.topic_config_trigger() RETURNS trigger
+	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_topic_config_trigger';
+CREATE TRIGGER check_and_apply
+	BEFORE INSERT OR UPDATE OR DELETE ON kafka.topic_config
+	FOR EACH ROW EXECUTE FUNCTION kafka.topic_config_trigger();
+CREATE TRIGGER apply_truncate
+	AFTER TRUNCATE ON kafka.topic_config
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.topic_config_trigger();
+
+/* The properties as kafka.topic_config would store them, or an ERROR. */
+CREATE FUNCTION kafka.check_topic_properties(topic text, properties jsonb)
+	RETURNS jsonb
+	LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'kafka_check_topic_properties';
+
 /* pg_dump keeps what has not been delivered yet. */
 SELECT pg_catalog.pg_extension_config_dump('kafka.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.failed', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.topic_config', '');
 
 CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
 						   "partition" integer DEFAULT NULL,
@@ -239,7 +266,39 @@ $$;
 COMMENT ON FUNCTION kafka_retry_failed(text) IS
 	're-queue every failed message, or those of one topic; returns how many';
 
+/*
+ * Sets a topic's properties, replacing any it had; NULL or '{}' returns the
+ * topic to the kafka.* settings.  Returns what is now in effect.
+ */
+CREATE FUNCTION kafka_topic_config(topic text, properties jsonb)
+	RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stored jsonb;
+BEGIN
+	IF topic IS NULL THEN
+		RAISE EXCEPTION 'Kafka topic must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF properties IS NULL OR properties = '{}' THEN
+		DELETE FROM kafka.topic_config c WHERE c.topic = kafka_topic_config.topic;
+		RETURN '{}';
+	END IF;
+	stored := kafka.check_topic_properties(topic, properties);
+	INSERT INTO kafka.topic_config AS c (topic, properties)
+		VALUES (kafka_topic_config.topic, stored)
+		ON CONFLICT ON CONSTRAINT topic_config_pkey
+		DO UPDATE SET properties = excluded.properties, updated_at = now();
+	RETURN stored;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_topic_config(text, jsonb) IS
+	'set a topic''s own producer properties (acks, compression.type, partitioner, ...)';
+
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_topic_config(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
@@ -250,3 +309,5 @@ REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_database() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.topic_config_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_topic_properties(text, jsonb) FROM PUBLIC;

@@ -207,8 +207,8 @@ kafka_wake_worker(PG_FUNCTION_ARGS)
 }
 
 /* Kafka's rules for topic names: 1 to 249 of [a-zA-Z0-9._-], not . or .. */
-static void
-check_topic(text *topic)
+void
+kp_check_topic(text *topic)
 {
 	const char *name = VARDATA_ANY(topic);
 	int			len = VARSIZE_ANY_EXHDR(topic);
@@ -390,7 +390,7 @@ kp_message_check(KpNewMessage *msg)
 {
 	Size		size = KP_RECORD_OVERHEAD;
 
-	check_topic(msg->topic);
+	kp_check_topic(msg->topic);
 	if (msg->value != NULL)
 		size += VARSIZE_ANY_EXHDR(msg->value);
 	if (msg->key != NULL)

@@ -331,6 +331,12 @@ define_producer_int(const char *name, const char *description, int *variable,
 							min, max, PGC_SIGHUP, flags, NULL, NULL, NULL);
 }
 
+bool
+kp_guc_idempotence(void)
+{
+	return kp_enable_idempotence;
+}
+
 /* kafka.message_timeout_ms, with 0 (no limit) as the largest wait */
 int
 kp_guc_message_timeout_ms(void)

@@ -41,6 +41,7 @@ extern bool kp_wait_on_commit;
 
 extern void kp_guc_init(void);
 extern int	kp_guc_message_timeout_ms(void);
+extern bool kp_guc_idempotence(void);
 extern rd_kafka_conf_t *kp_guc_producer_conf(char *errstr, size_t errstr_size);
 extern char *kp_guc_producer_fingerprint(void);
 
@@ -80,6 +81,9 @@ typedef struct KpSharedState
 									 * scan position */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
+	pg_atomic_uint64 topic_config_generation;	/* grows at each commit
+												 * that changed
+												 * kafka.topic_config */
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
 	bool		connecting;		/* a worker's connection attempt may have
 								 * failed; protected by mutex */
@@ -92,6 +96,8 @@ extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_request_rescan(int64 first_id);
 extern void kp_shmem_wake_worker(void);
 extern pid_t kp_shmem_worker_pid(void);
+extern void kp_shmem_topic_config_changed(void);
+extern uint64 kp_shmem_topic_config_generation(void);
 extern void kp_shmem_worker_attach(void);
 extern int64 kp_shmem_take_rescan_from(void);
 extern bool kp_shmem_begin_connecting(void);
@@ -124,6 +130,12 @@ extern long kp_sync_ms_until_record(void);
 extern int	kp_sync_record(void);
 extern void kp_sync_forget_recorded(void);
 
+/* topic_config.c: kafka.topic_config */
+extern void kp_topic_config_load(void);
+extern bool kp_topic_config_changed(void);
+extern const char *kp_topic_config_fingerprint(void);
+extern rd_kafka_topic_conf_t *kp_topic_config_for(const char *topic);
+
 /* stats.c: librdkafka's statistics for SQL */
 extern void kp_stats_save(const char *json);
 extern void kp_stats_clear(void);
@@ -152,6 +164,7 @@ extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
 extern Size kp_message_check(KpNewMessage *msg);
 extern int64 kp_enqueue(KpNewMessage *msg);
 extern void kp_enqueue_wake_at_commit(int64 id);
+extern void kp_check_topic(text *topic);
 extern int	kp_enqueue_committed_ranges(KpIdRange **ranges);
 extern void kp_enqueue_forget_committed(void);
 extern void kp_check_serving_database(void);

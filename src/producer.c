@@ -361,6 +361,29 @@ kp_producer_return_queued(void)
 					   RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING);
 }
 
+/*
+ * A handle with the topic's own settings from kafka.topic_config, or with
+ * the producer's if librdkafka refuses them now.
+ */
+static rd_kafka_topic_t *
+new_topic_handle(rd_kafka_t *rk, const char *name)
+{
+	rd_kafka_topic_conf_t *conf = kp_topic_config_for(name);
+	rd_kafka_topic_t *handle;
+
+	if (conf == NULL)
+		return rd_kafka_topic_new(rk, name, NULL);
+	handle = rd_kafka_topic_new(rk, name, conf);
+	if (handle != NULL)
+		return handle;
+	/* not destroyed: whether librdkafka freed it on failure is unspecified */
+	ereport(LOG,
+			(errmsg("ignoring the settings of Kafka topic \"%s\" in kafka.topic_config: %s",
+					name, rd_kafka_err2str(rd_kafka_last_error())),
+			 errhint("Change them with kafka_topic_config().")));
+	return rd_kafka_topic_new(rk, name, NULL);
+}
+
 typedef struct KpTopicHandle
 {
 	char		name[KP_TOPIC_NAME_MAX + 1];	/* hash key */
@@ -394,7 +417,7 @@ kp_kafka_topic(rd_kafka_t *rk, HTAB **topics, const char *name)
 	entry = hash_search(*topics, name, HASH_FIND, NULL);
 	if (entry != NULL)
 		return entry->handle;
-	handle = rd_kafka_topic_new(rk, name, NULL);
+	handle = new_topic_handle(rk, name);
 	if (handle == NULL)
 		ereport(ERROR,
 				(errmsg("could not create Kafka topic handle for \"%s\": %s",

@@ -55,6 +55,7 @@ kp_shmem_startup(void)
 		kp_shared->worker_pid = 0;
 		pg_atomic_init_u64(&kp_shared->rescan_from, PG_UINT64_MAX);
 		pg_atomic_init_u64(&kp_shared->outcome_generation, 0);
+		pg_atomic_init_u64(&kp_shared->topic_config_generation, 0);
 		for (int i = 0; i < KP_NUM_COUNTERS; i++)
 			pg_atomic_init_u64(&kp_shared->counters[i], 0);
 		kp_shared->connecting = false;
@@ -114,6 +115,20 @@ kp_shmem_wake_worker(void)
 	SpinLockRelease(&kp_shared->mutex);
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* Called at commit of a change to kafka.topic_config. */
+void
+kp_shmem_topic_config_changed(void)
+{
+	pg_atomic_fetch_add_u64(&kp_shared->topic_config_generation, 1);
+	kp_shmem_wake_worker();
+}
+
+uint64
+kp_shmem_topic_config_generation(void)
+{
+	return pg_atomic_read_u64(&kp_shared->topic_config_generation);
 }
 
 /* the running worker's pid, 0 while none runs */

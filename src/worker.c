@@ -452,29 +452,53 @@ stop_producer(void)
 }
 
 static void
+load_topic_config_step(void)
+{
+	begin_transaction("reading kafka.topic_config");
+	kp_topic_config_load();
+	end_transaction();
+}
+
+/*
+ * A string that changes whenever a producer property or a per-topic
+ * setting changes; reads kafka.topic_config again first.
+ */
+static char *
+settings_fingerprint(void)
+{
+	run_guarded(load_topic_config_step);
+	return psprintf("%s%s", kp_guc_producer_fingerprint(),
+					kp_topic_config_fingerprint());
+}
+
+static void
 start_producer(void)
 {
+	char	   *fingerprint = settings_fingerprint();
+
 	if (producer_fingerprint != NULL)
 		pfree(producer_fingerprint);
-	producer_fingerprint = MemoryContextStrdup(TopMemoryContext,
-											   kp_guc_producer_fingerprint());
+	producer_fingerprint = MemoryContextStrdup(TopMemoryContext, fingerprint);
 	kp_producer_start();
 }
 
 /*
- * Applies new settings.  The producer is rebuilt only when one of its
- * properties changed, after the messages in flight have been reported.
+ * Applies new settings: kafka.* after a reload, kafka.topic_config after a
+ * commit that changed it.  The producers are rebuilt only when one of
+ * their properties changed, after the messages in flight have been
+ * reported: librdkafka takes a topic's settings only when it first meets
+ * the topic.
  */
 static void
 reload_settings(void)
 {
-	char	   *fingerprint;
-
-	ConfigReloadPending = false;
-	ProcessConfigFile(PGC_SIGHUP);
-	fingerprint = kp_guc_producer_fingerprint();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
 	if (producer_fingerprint != NULL &&
-		strcmp(fingerprint, producer_fingerprint) == 0)
+		strcmp(settings_fingerprint(), producer_fingerprint) == 0)
 		return;
 	ereport(LOG,
 			(errmsg("kafka_producer settings changed, restarting the Kafka producer")));
@@ -494,7 +518,7 @@ deliver(MemoryContext loop_context)
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
+		if (ConfigReloadPending || kp_topic_config_changed())
 			reload_settings();
 
 		/* sessions wait in kafka_send_sync(): serve them first */

@@ -1,0 +1,59 @@
+"""End-to-end tests of per-topic settings: kafka_topic_config() applies a
+topic's own acks and partitioner without restarting the worker."""
+
+import zlib
+
+from kafka.partitioner.default import murmur2
+
+from harness import consume_all
+
+PARTITIONS = 4  # the mock cluster creates topics with 4 partitions
+KEYS = [f"key-{i}" for i in range(40)]
+
+
+def send_keyed(pg, topic):
+    pg.query("SELECT kafka_send(%s, 'v', key => k) FROM unnest(%s::text[]) k", (topic, KEYS))
+    assert pg.wait_until_final(topic) == {"delivered": len(KEYS)}
+    return {r.key.decode(): r.partition for r in consume_all(pg.bootstrap_for_tests, topic)}
+
+
+def test_partitioner_per_topic(pg, kafka):
+    pg.bootstrap_for_tests = kafka.bootstrap
+    default = send_keyed(pg, "librdkafka_default")
+    worker = pg.worker_pid()
+    pg.query("""SELECT kafka_topic_config('java_compatible', '{"partitioner": "murmur2_random"}')""")
+    java = send_keyed(pg, "java_compatible")
+    # librdkafka's default partitioner hashes keys with CRC32; Java's, which
+    # the topic asked for, with murmur2: the keys land where each predicts
+    assert default == {k: zlib.crc32(k.encode()) % PARTITIONS for k in KEYS}
+    assert java == {k: (murmur2(k.encode()) & 0x7fffffff) % PARTITIONS for k in KEYS}
+    assert java != default
+    # applied by rebuilding the producer, not by restarting the worker
+    assert pg.worker_pid() == worker
+    assert "restarting the Kafka producer" in pg.log_text()
+    pg.query("SELECT kafka_topic_config('java_compatible', NULL)")
+
+
+def offsets(pg, topic):
+    return pg.query("SELECT \"offset\" IS NOT NULL FROM kafka.messages WHERE topic = %s "
+                    "ORDER BY id", (topic,))
+
+
+def test_fire_and_forget_per_topic(pg, kafka, settings):
+    settings(enable_idempotence="off")
+    pg.query("""SELECT kafka_topic_config('fire_and_forget', '{"acks": "0"}')""")
+    try:
+        pg.query("SELECT kafka_send('fire_and_forget', 'no ack')")
+        pg.query("SELECT kafka_send('acknowledged', 'ack')")
+        assert pg.wait_until_final("fire_and_forget") == {"delivered": 1}
+        assert pg.wait_until_final("acknowledged") == {"delivered": 1}
+        # acks=0: the broker answers nothing, so no offset is known
+        assert offsets(pg, "fire_and_forget") == [(False,)]
+        assert offsets(pg, "acknowledged") == [(True,)]
+    finally:
+        pg.query("SELECT kafka_topic_config('fire_and_forget', NULL)")
+    pg.query("SELECT kafka_send('fire_and_forget', 'acked again')")
+    assert pg.wait_until_final("fire_and_forget") == {"delivered": 2}
+    assert offsets(pg, "fire_and_forget") == [(False,), (True,)]
+    assert [r.value for r in consume_all(kafka.bootstrap, "fire_and_forget")] == \
+        [b"no ack", b"acked again"]
