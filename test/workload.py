@@ -112,6 +112,9 @@ def account(pg, bootstrap, workload, name):
         if row is None or row[0] != "delivered" or (token in seen and (row[1], row[2]) not in seen[token]):
             wrong_status += 1
 
+    for token in lost[:10]:
+        message_id = workload.committed[token][0]
+        print(f"lost {token}: message {message_id}, kafka.messages says {status.get(message_id)}")
     counts = {
         "committed": len(workload.committed),
         "rolled_back": len(workload.rolled_back),
