@@ -13,18 +13,21 @@ OBJS = \
 	src/stats.o \
 	src/commit_wait.o \
 	src/sync_send.o \
-	src/topic_config.o
+	src/topic_config.o \
+	src/avro.o \
+	src/send_avro.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync topic_config
+REGRESS = setup send config retry wait sync topic_config avro
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 
 KAFKA_PKGS = rdkafka
-PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS))
+AVRO_PKGS = avro-c
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS) $(AVRO_PKGS))
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
-SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS))
+SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS) $(AVRO_PKGS))
 
 EXTRA_CLEAN = test/mock_cluster test/produce_flush tmp_check results regression.diffs regression.out
 

@@ -109,11 +109,26 @@ CREATE FUNCTION kafka.check_topic_properties(topic text, properties jsonb)
 	RETURNS jsonb
 	LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'kafka_check_topic_properties';
 
+/*
+ * Every Avro schema kafka_send_avro() has used, by the fingerprint its
+ * messages carry (the 8 bytes after 0xC3 0x01: CRC-64-AVRO of the
+ * schema's canonical form, little-endian) and subject (<topic>-value,
+ * <topic>-key).
+ */
+CREATE TABLE kafka.schemas (
+	fingerprint bytea NOT NULL CHECK (length(fingerprint) = 8),
+	subject text NOT NULL,
+	schema jsonb NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (fingerprint, subject)
+);
+
 /* pg_dump keeps what has not been delivered yet. */
 SELECT pg_catalog.pg_extension_config_dump('kafka.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.failed', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.message_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.topic_config', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.schemas', '');
 
 CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
 						   "partition" integer DEFAULT NULL,
@@ -124,6 +139,21 @@ CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
 
 COMMENT ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) IS
 	'enqueue a message; it is delivered after the calling transaction commits';
+
+/*
+ * Enqueues a row (or any value of a supported type) as an Avro message in
+ * single-object encoding, with its schema derived from the type; the key
+ * likewise.  Transactional, like kafka_send.
+ */
+CREATE FUNCTION kafka_send_avro(topic text, value "any", key "any" DEFAULT NULL,
+								"partition" integer DEFAULT NULL,
+								headers jsonb DEFAULT NULL)
+	RETURNS bigint
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send_avro';
+
+COMMENT ON FUNCTION kafka_send_avro(text, "any", "any", integer, jsonb) IS
+	'enqueue a row as an Avro message (single-object encoding); delivered after commit';
 
 /* Where Kafka stored a message; offset is null with acks = 0. */
 CREATE TYPE kafka.delivery AS (id bigint, "partition" integer, "offset" bigint);
@@ -300,6 +330,7 @@ COMMENT ON FUNCTION kafka_topic_config(text, jsonb) IS
 REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_topic_config(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_send_avro(text, "any", "any", integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_stats() FROM PUBLIC;

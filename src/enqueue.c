@@ -443,6 +443,27 @@ kp_enqueue(KpNewMessage *msg)
 }
 
 /*
+ * The topic, partition and headers of a message, from arguments 0, 3 and 4
+ * (topic text, ..., partition int, headers jsonb) of the send functions.
+ */
+void
+kp_message_options_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("Kafka topic must not be null")));
+	msg->topic = PG_GETARG_TEXT_PP(0);
+	msg->partition = PG_ARGISNULL(3) ? RD_KAFKA_PARTITION_UA : PG_GETARG_INT32(3);
+	if (msg->partition < 0 && !PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Kafka partition must not be negative"),
+				 errhint("Pass NULL to let the partitioner choose.")));
+	msg->headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+}
+
+/*
  * The message described by the arguments (topic text, value "any",
  * key "any", partition int, headers jsonb) of kafka_send() and
  * kafka_send_sync().
@@ -452,23 +473,12 @@ kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg)
 {
 	KpSendCache *cache;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("Kafka topic must not be null")));
+	kp_message_options_from_args(fcinfo, msg);
 	cache = send_cache(fcinfo);
-	msg->topic = PG_GETARG_TEXT_PP(0);
 	msg->value = PG_ARGISNULL(1) ? NULL :
 		encode_argument(&cache->value, PG_GETARG_DATUM(1));
 	msg->key = PG_ARGISNULL(2) ? NULL :
 		encode_argument(&cache->key, PG_GETARG_DATUM(2));
-	msg->partition = PG_ARGISNULL(3) ? RD_KAFKA_PARTITION_UA : PG_GETARG_INT32(3);
-	if (msg->partition < 0 && !PG_ARGISNULL(3))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("Kafka partition must not be negative"),
-				 errhint("Pass NULL to let the partitioner choose.")));
-	msg->headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
 }
 
 /*

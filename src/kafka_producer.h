@@ -160,6 +160,8 @@ typedef struct KpNewMessage
 	Jsonb	   *headers;		/* NULL: no headers */
 } KpNewMessage;
 
+extern void kp_message_options_from_args(FunctionCallInfo fcinfo,
+										 KpNewMessage *msg);
 extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
 extern Size kp_message_check(KpNewMessage *msg);
 extern int64 kp_enqueue(KpNewMessage *msg);

@@ -1,0 +1,803 @@
+/*-------------------------------------------------------------------------
+ *
+ * avro.c
+ *	  Avro encoding of PostgreSQL values with avro-c: a schema derived from
+ *	  a row type (or a scalar type), its Parsing Canonical Form and
+ *	  CRC-64-AVRO fingerprint, and the binary encoding of a value.
+ *
+ *	  avro-c 1.11 does not know logical types: the schema JSON written here
+ *	  carries them for readers, and values are encoded as their underlying
+ *	  types (a decimal as the bytes of its unscaled two's complement, a
+ *	  timestamp as microseconds since the Unix epoch).  avro-c also has no
+ *	  canonical form: the schema is written twice, in full and canonical,
+ *	  by the same code.
+ *
+ *	  Schemas are cached per backend by type and row-type version, so that
+ *	  ALTER TABLE / ALTER TYPE is seen at the next message.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <avro.h>
+
+#include "access/htup_details.h"
+#include "catalog/pg_enum.h"
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#include "avro_schema.h"
+
+/* How a PostgreSQL value becomes an Avro value. */
+typedef enum KpAvroKind
+{
+	KP_AVRO_BOOLEAN,
+	KP_AVRO_INT,					/* int2, int4 */
+	KP_AVRO_LONG,					/* int8 */
+	KP_AVRO_FLOAT,
+	KP_AVRO_DOUBLE,
+	KP_AVRO_DECIMAL,				/* numeric(p,s): bytes, logical decimal */
+	KP_AVRO_NUMERIC_STRING,		/* unconstrained numeric: its text */
+	KP_AVRO_STRING,				/* text types, json, jsonb: their text */
+	KP_AVRO_UUID,					/* string, logical uuid */
+	KP_AVRO_BYTES,
+	KP_AVRO_DATE,					/* int days, logical date */
+	KP_AVRO_TIME,					/* long micros, logical time-micros */
+	KP_AVRO_TIMESTAMP,				/* long micros, logical timestamp-micros */
+	KP_AVRO_ENUM,
+	KP_AVRO_ARRAY
+} KpAvroKind;
+
+typedef struct KpAvroType
+{
+	KpAvroKind	kind;
+	Oid			typid;			/* the base type, domains looked through */
+	int			precision;		/* KP_AVRO_DECIMAL */
+	int			scale;
+	int32		typmod;
+	int			nsymbols;		/* KP_AVRO_ENUM: labels in sort order */
+	char	  **symbols;
+	Oid			output;			/* KP_AVRO_STRING, KP_AVRO_NUMERIC_STRING: output fn */
+	struct KpAvroType *element; /* KP_AVRO_ARRAY */
+	int16		elmlen;
+	bool		elmbyval;
+	char		elmalign;
+} KpAvroType;
+
+typedef struct KpAvroField
+{
+	char	   *name;			/* Avro name of the column */
+	bool		nullable;
+	KpAvroType type;
+} KpAvroField;
+
+typedef struct KpAvroKey
+{
+	Oid			typid;
+	uint64		rowtype_version;	/* typcache's tupDesc_identifier */
+	bool		is_key;
+} KpAvroKey;
+
+struct KpAvroSchema
+{
+	KpAvroKey	key;			/* hash key */
+	bool		is_record;
+	int			nfields;
+	KpAvroField *fields;		/* a record's columns, by attribute number */
+	KpAvroType	scalar;			/* not a record: the one value's type */
+	char	   *json;			/* the full schema */
+	char	   *canonical;		/* its Parsing Canonical Form */
+	uint64		fingerprint;	/* CRC-64-AVRO of the canonical form */
+	avro_schema_t avro_schema;
+	avro_value_iface_t *iface;
+	avro_value_t value;			/* reused for every message */
+};
+
+static HTAB *schemas = NULL;
+static MemoryContext avro_context = NULL;
+
+/* ---------------------------------------------------------------------
+ * Names and types
+ * ---------------------------------------------------------------------
+ */
+
+/* Avro names: [A-Za-z_][A-Za-z0-9_]*; anything else becomes '_' */
+static char *
+avro_name(const char *name)
+{
+	char	   *result = palloc(strlen(name) + 2);
+	char	   *out = result;
+
+	if (!((name[0] >= 'A' && name[0] <= 'Z') || (name[0] >= 'a' && name[0] <= 'z') ||
+		  name[0] == '_'))
+		*out++ = '_';
+	for (const char *c = name; *c; c++)
+		*out++ = ((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+				  (*c >= '0' && *c <= '9') || *c == '_') ? *c : '_';
+	*out = '\0';
+	return result;
+}
+
+static int
+compare_sort_order(const void *a, const void *b)
+{
+	float4		x = (*(Form_pg_enum const *) a)->enumsortorder;
+	float4		y = (*(Form_pg_enum const *) b)->enumsortorder;
+
+	return (x > y) - (x < y);
+}
+
+/* An enum's labels in their sort order, as Avro symbols. */
+static void
+enum_symbols(Oid enumtypid, KpAvroType *type)
+{
+	CatCList   *list = SearchSysCacheList1(ENUMTYPOIDNAME,
+										   ObjectIdGetDatum(enumtypid));
+	Form_pg_enum *labels = palloc(list->n_members * sizeof(Form_pg_enum));
+
+	for (int i = 0; i < list->n_members; i++)
+		labels[i] = (Form_pg_enum) GETSTRUCT(&list->members[i]->tuple);
+	qsort(labels, list->n_members, sizeof(Form_pg_enum), compare_sort_order);
+	type->nsymbols = list->n_members;
+	type->symbols = palloc(list->n_members * sizeof(char *));
+	for (int i = 0; i < list->n_members; i++)
+	{
+		char	   *label = NameStr(labels[i]->enumlabel);
+		char	   *symbol = avro_name(label);
+
+		if (strcmp(symbol, label) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("enum label \"%s\" of type %s is not a valid Avro symbol",
+							label, format_type_be(enumtypid)),
+					 errdetail("Avro enum symbols match [A-Za-z_][A-Za-z0-9_]*.")));
+		type->symbols[i] = symbol;
+	}
+	ReleaseSysCacheList(list);
+}
+
+static void
+unsupported(const char *column, Oid typid)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 column ?
+			 errmsg("column \"%s\" has type %s, which has no Avro mapping",
+					column, format_type_be(typid)) :
+			 errmsg("type %s has no Avro mapping", format_type_be(typid)),
+			 errhint("Cast it to text, or see the Avro type mapping in the README.")));
+}
+
+/* The Avro type of values of typid (typmod), for column (NULL for a scalar). */
+static void
+derive_type(Oid typid, int32 typmod, const char *column, KpAvroType *type)
+{
+	Oid			base = getBaseTypeAndTypmod(typid, &typmod);
+	Oid			element = get_element_type(base);
+	bool		isvarlena;
+
+	memset(type, 0, sizeof(*type));
+	type->typid = base;
+	type->typmod = typmod;
+	if (OidIsValid(element))
+	{
+		type->kind = KP_AVRO_ARRAY;
+		type->element = palloc(sizeof(KpAvroType));
+		derive_type(element, typmod, column, type->element);
+		if (type->element->kind == KP_AVRO_ARRAY)
+			unsupported(column, typid);
+		get_typlenbyvalalign(element, &type->elmlen, &type->elmbyval,
+							 &type->elmalign);
+		return;
+	}
+	if (type_is_enum(base))
+	{
+		type->kind = KP_AVRO_ENUM;
+		enum_symbols(base, type);
+		return;
+	}
+	switch (base)
+	{
+		case BOOLOID:
+			type->kind = KP_AVRO_BOOLEAN;
+			break;
+		case INT2OID:
+		case INT4OID:
+			type->kind = KP_AVRO_INT;
+			break;
+		case INT8OID:
+			type->kind = KP_AVRO_LONG;
+			break;
+		case FLOAT4OID:
+			type->kind = KP_AVRO_FLOAT;
+			break;
+		case FLOAT8OID:
+			type->kind = KP_AVRO_DOUBLE;
+			break;
+		case NUMERICOID:
+			if (typmod >= (int32) VARHDRSZ)
+			{
+				type->kind = KP_AVRO_DECIMAL;
+				type->precision = ((typmod - VARHDRSZ) >> 16) & 0xffff;
+				type->scale = (((typmod - VARHDRSZ) & 0x7ff) ^ 1024) - 1024;
+				if (type->scale < 0)
+					unsupported(column, typid);
+			}
+			else
+				type->kind = KP_AVRO_NUMERIC_STRING;
+			break;
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case JSONOID:
+		case JSONBOID:
+			type->kind = KP_AVRO_STRING;
+			break;
+		case UUIDOID:
+			type->kind = KP_AVRO_UUID;
+			break;
+		case BYTEAOID:
+			type->kind = KP_AVRO_BYTES;
+			break;
+		case DATEOID:
+			type->kind = KP_AVRO_DATE;
+			break;
+		case TIMEOID:
+			type->kind = KP_AVRO_TIME;
+			break;
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			type->kind = KP_AVRO_TIMESTAMP;
+			break;
+		default:
+			unsupported(column, typid);
+	}
+	if (type->kind == KP_AVRO_STRING || type->kind == KP_AVRO_NUMERIC_STRING ||
+		type->kind == KP_AVRO_UUID)
+		getTypeOutputInfo(base, &type->output, &isvarlena);
+}
+
+/* ---------------------------------------------------------------------
+ * Schema JSON, full and canonical
+ * ---------------------------------------------------------------------
+ */
+
+static void
+append_type_json(StringInfo out, KpAvroType *type, const char *name,
+				 bool canonical)
+{
+	static const char *const primitive[] = {
+		[KP_AVRO_BOOLEAN] = "boolean", [KP_AVRO_INT] = "int", [KP_AVRO_LONG] = "long",
+		[KP_AVRO_FLOAT] = "float", [KP_AVRO_DOUBLE] = "double",
+		[KP_AVRO_NUMERIC_STRING] = "string", [KP_AVRO_STRING] = "string",
+		[KP_AVRO_BYTES] = "bytes",
+	};
+
+	switch (type->kind)
+	{
+		case KP_AVRO_DECIMAL:
+			if (canonical)
+				appendStringInfoString(out, "\"bytes\"");
+			else
+				appendStringInfo(out, "{\"type\":\"bytes\",\"logicalType\":\"decimal\","
+								 "\"precision\":%d,\"scale\":%d}",
+								 type->precision, type->scale);
+			break;
+		case KP_AVRO_UUID:
+			appendStringInfoString(out, canonical ? "\"string\"" :
+								   "{\"type\":\"string\",\"logicalType\":\"uuid\"}");
+			break;
+		case KP_AVRO_DATE:
+			appendStringInfoString(out, canonical ? "\"int\"" :
+								   "{\"type\":\"int\",\"logicalType\":\"date\"}");
+			break;
+		case KP_AVRO_TIME:
+			appendStringInfoString(out, canonical ? "\"long\"" :
+								   "{\"type\":\"long\",\"logicalType\":\"time-micros\"}");
+			break;
+		case KP_AVRO_TIMESTAMP:
+			appendStringInfoString(out, canonical ? "\"long\"" :
+								   "{\"type\":\"long\",\"logicalType\":\"timestamp-micros\"}");
+			break;
+		case KP_AVRO_ENUM:
+			appendStringInfo(out, "{\"name\":\"%s\",\"type\":\"enum\",\"symbols\":[",
+							 name);
+			for (int i = 0; i < type->nsymbols; i++)
+				appendStringInfo(out, "%s\"%s\"", i ? "," : "", type->symbols[i]);
+			appendStringInfoString(out, "]}");
+			break;
+		case KP_AVRO_ARRAY:
+			appendStringInfoString(out, "{\"type\":\"array\",\"items\":[\"null\",");
+			append_type_json(out, type->element, psprintf("%s_item", name),
+							 canonical);
+			appendStringInfoString(out, "]}");
+			break;
+		default:
+			appendStringInfo(out, "\"%s\"", primitive[type->kind]);
+	}
+}
+
+static char *
+schema_json(KpAvroSchema *schema, const char *name, bool canonical)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	if (!schema->is_record)
+	{
+		append_type_json(&out, &schema->scalar, name, canonical);
+		return out.data;
+	}
+	appendStringInfo(&out, "{\"name\":\"%s\",\"type\":\"record\",\"fields\":[", name);
+	for (int i = 0; i < schema->nfields; i++)
+	{
+		KpAvroField *field = &schema->fields[i];
+		char	   *type_name = psprintf("%s.%s", name, field->name);
+
+		if (field->name == NULL)
+			continue;
+		appendStringInfo(&out, "%s{\"name\":\"%s\",\"type\":",
+						 out.data[out.len - 1] == '[' ? "" : ",", field->name);
+		if (field->nullable)
+			appendStringInfoString(&out, "[\"null\",");
+		append_type_json(&out, &field->type, type_name, canonical);
+		appendStringInfoString(&out, field->nullable ? "]" : "");
+		if (field->nullable && !canonical)
+			appendStringInfoString(&out, ",\"default\":null");
+		appendStringInfoChar(&out, '}');
+	}
+	appendStringInfoString(&out, "]}");
+	return out.data;
+}
+
+/* CRC-64-AVRO, the fingerprint of the Avro specification */
+static uint64
+avro_fingerprint(const char *canonical)
+{
+	static uint64 table[256];
+	const uint64 empty = UINT64CONST(0xc15d213aa4d7a795);
+	uint64		fp = empty;
+
+	if (table[1] == 0)
+	{
+		for (int i = 0; i < 256; i++)
+		{
+			uint64		entry = i;
+
+			for (int j = 0; j < 8; j++)
+				entry = (entry >> 1) ^ (empty & -(entry & 1));
+			table[i] = entry;
+		}
+	}
+	for (const unsigned char *c = (const unsigned char *) canonical; *c; c++)
+		fp = (fp >> 8) ^ table[(fp ^ *c) & 0xff];
+	return fp;
+}
+
+static void
+derive_fields(KpAvroSchema *schema, TupleDesc desc)
+{
+	schema->is_record = true;
+	schema->nfields = desc->natts;
+	schema->fields = palloc0(desc->natts * sizeof(KpAvroField));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+		KpAvroField *field = &schema->fields[i];
+
+		if (attr->attisdropped)
+			continue;
+		field->name = avro_name(NameStr(attr->attname));
+		for (int j = 0; j < i; j++)
+			if (schema->fields[j].name && strcmp(schema->fields[j].name, field->name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("columns \"%s\" and \"%s\" have the same Avro name \"%s\"",
+								NameStr(TupleDescAttr(desc, j)->attname),
+								NameStr(attr->attname), field->name)));
+		field->nullable = !attr->attnotnull;
+		derive_type(attr->atttypid, attr->atttypmod, NameStr(attr->attname),
+					&field->type);
+	}
+}
+
+static void
+build_avro_value(KpAvroSchema *schema)
+{
+	if (avro_schema_from_json_length(schema->json, strlen(schema->json),
+									 &schema->avro_schema) != 0)
+		elog(ERROR, "avro-c refused schema %s: %s", schema->json, avro_strerror());
+	schema->iface = avro_generic_class_from_schema(schema->avro_schema);
+	if (schema->iface == NULL ||
+		avro_generic_value_new(schema->iface, &schema->value) != 0)
+		elog(ERROR, "avro-c could not make a value of schema %s: %s",
+			 schema->json, avro_strerror());
+}
+
+/* <prefix>.<schema>.<type>.Value or .Key, each part an Avro name */
+static char *
+schema_name(Oid typid, bool is_key)
+{
+	HeapTuple	tuple = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	Form_pg_type form;
+	char	   *name;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for type %u", typid);
+	form = (Form_pg_type) GETSTRUCT(tuple);
+	name = psprintf("%s.%s.%s.%s", KP_AVRO_NAMESPACE,
+					avro_name(get_namespace_name(form->typnamespace)),
+					avro_name(NameStr(form->typname)), is_key ? "Key" : "Value");
+	ReleaseSysCache(tuple);
+	return name;
+}
+
+/*
+ * The schema of values of type typid, as a message value or key; a
+ * composite type becomes a record named <prefix>.<schema>.<type>.Value
+ * or .Key.
+ */
+KpAvroSchema *
+kp_avro_schema(Oid typid, bool is_key)
+{
+	KpAvroKey	key;
+	KpAvroSchema *schema;
+	bool		found;
+	MemoryContext old;
+	MemoryContext schema_context;
+	TypeCacheEntry *typentry = NULL;
+	char	   *name;
+
+	if (schemas == NULL)
+	{
+		HASHCTL		ctl;
+
+		avro_context = AllocSetContextCreate(TopMemoryContext,
+											 "kafka_producer Avro schemas",
+											 ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(KpAvroKey);
+		ctl.entrysize = sizeof(KpAvroSchema);
+		ctl.hcxt = avro_context;
+		schemas = hash_create("kafka_producer Avro schemas", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&key, 0, sizeof(key));
+	key.typid = typid;
+	key.is_key = is_key;
+	if (type_is_rowtype(typid))
+	{
+		if (typid == RECORDOID)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("an anonymous record has no Avro schema"),
+					 errhint("Pass a row of a table or of a type made with CREATE TYPE ... AS.")));
+		typentry = lookup_type_cache(typid, TYPECACHE_TUPDESC);
+		key.rowtype_version = typentry->tupDesc_identifier;
+	}
+	schema = hash_search(schemas, &key, HASH_FIND, NULL);
+	if (schema != NULL)
+		return schema;
+
+	/*
+	 * Built in a context of the current transaction, which an ERROR frees;
+	 * kept once complete.
+	 */
+	schema_context = AllocSetContextCreate(CurrentMemoryContext,
+										   "kafka_producer Avro schema",
+										   ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(schema_context);
+	schema = palloc0(sizeof(KpAvroSchema));
+	name = schema_name(typid, is_key);
+	if (typentry != NULL)
+		derive_fields(schema, typentry->tupDesc);
+	else
+		derive_type(typid, -1, NULL, &schema->scalar);
+	schema->json = schema_json(schema, name, false);
+	schema->canonical = schema_json(schema, name, true);
+	schema->fingerprint = avro_fingerprint(schema->canonical);
+	build_avro_value(schema);
+	MemoryContextSwitchTo(old);
+	MemoryContextSetParent(schema_context, avro_context);
+
+	schema->key = key;
+	memcpy(hash_search(schemas, &key, HASH_ENTER, &found), schema,
+		   sizeof(KpAvroSchema));
+	return hash_search(schemas, &key, HASH_FIND, NULL);
+}
+
+const char *
+kp_avro_schema_json(KpAvroSchema *schema)
+{
+	return schema->json;
+}
+
+uint64
+kp_avro_schema_fingerprint(KpAvroSchema *schema)
+{
+	return schema->fingerprint;
+}
+
+/* ---------------------------------------------------------------------
+ * Values
+ * ---------------------------------------------------------------------
+ */
+
+static void
+check_avro(int rc)
+{
+	if (rc != 0)
+		elog(ERROR, "avro-c: %s", avro_strerror());
+}
+
+/* numeric(p,s) as Avro's decimal: the unscaled value, big-endian two's complement */
+static void
+set_decimal(avro_value_t *out, KpAvroType *type, Datum value)
+{
+	Datum		scaled = DirectFunctionCall2(numeric_round, value,
+											 Int32GetDatum(type->scale));
+	char	   *text = DatumGetCString(DirectFunctionCall1(numeric_out, scaled));
+	bool		negative = text[0] == '-';
+	int			ndigits = 0;
+	char	   *digits = palloc(strlen(text) + 1);
+	unsigned char *bytes;
+	int			nbytes = 0;
+	int			capacity = strlen(text) / 2 + 2;
+
+	for (char *c = text; *c; c++)
+		if (*c >= '0' && *c <= '9')
+			digits[ndigits++] = *c - '0';
+	/* repeated division by 256 of the decimal digits, least byte first */
+	bytes = palloc0(capacity);
+	while (ndigits > 0)
+	{
+		int			remainder = 0;
+		int			kept = 0;
+
+		for (int i = 0; i < ndigits; i++)
+		{
+			int			current = remainder * 10 + digits[i];
+
+			digits[kept] = current / 256;
+			remainder = current % 256;
+			if (kept > 0 || digits[kept] != 0)
+				kept++;
+		}
+		bytes[nbytes++] = remainder;
+		ndigits = kept;
+	}
+	/* a sign byte when the top bit would say otherwise */
+	if (nbytes == 0 || (bytes[nbytes - 1] & 0x80))
+		bytes[nbytes++] = 0;
+	if (negative)
+	{
+		int			carry = 1;
+
+		for (int i = 0; i < nbytes; i++)
+		{
+			int			v = (unsigned char) ~bytes[i] + carry;
+
+			bytes[i] = v & 0xff;
+			carry = v >> 8;
+		}
+	}
+	/* big-endian, without redundant sign bytes */
+	while (nbytes > 1 &&
+		   ((bytes[nbytes - 1] == 0 && !(bytes[nbytes - 2] & 0x80)) ||
+			(bytes[nbytes - 1] == 0xff && (bytes[nbytes - 2] & 0x80))))
+		nbytes--;
+	for (int i = 0; i < nbytes / 2; i++)
+	{
+		unsigned char t = bytes[i];
+
+		bytes[i] = bytes[nbytes - 1 - i];
+		bytes[nbytes - 1 - i] = t;
+	}
+	check_avro(avro_value_set_bytes(out, bytes, nbytes));
+}
+
+static void
+set_text(avro_value_t *out, const char *text)
+{
+	char	   *utf8 = pg_server_to_any(text, strlen(text), PG_UTF8);
+
+	check_avro(avro_value_set_string(out, utf8));
+}
+
+static int64
+unix_micros(Timestamp ts)
+{
+	if (TIMESTAMP_NOT_FINITE(ts))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("infinite timestamps have no Avro encoding")));
+	return ts + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+}
+
+static void set_value(avro_value_t *out, KpAvroType *type, Datum value);
+
+static void
+set_nullable(avro_value_t *out, KpAvroType *type, Datum value, bool isnull)
+{
+	avro_value_t branch;
+
+	check_avro(avro_value_set_branch(out, isnull ? 0 : 1, &branch));
+	if (isnull)
+		check_avro(avro_value_set_null(&branch));
+	else
+		set_value(&branch, type, value);
+}
+
+static void
+set_array(avro_value_t *out, KpAvroType *type, Datum value)
+{
+	ArrayType  *array = DatumGetArrayTypeP(value);
+	Datum	   *elements;
+	bool	   *nulls;
+	int			count;
+
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("only one-dimensional arrays have an Avro encoding")));
+	deconstruct_array(array, ARR_ELEMTYPE(array), type->elmlen, type->elmbyval,
+					  type->elmalign, &elements, &nulls, &count);
+	for (int i = 0; i < count; i++)
+	{
+		avro_value_t element;
+
+		check_avro(avro_value_append(out, &element, NULL));
+		set_nullable(&element, type->element, elements[i], nulls[i]);
+	}
+}
+
+static void
+set_enum(avro_value_t *out, KpAvroType *type, Datum value)
+{
+	char	   *label = DatumGetCString(DirectFunctionCall1(enum_out, value));
+
+	for (int i = 0; i < type->nsymbols; i++)
+		if (strcmp(type->symbols[i], label) == 0)
+		{
+			check_avro(avro_value_set_enum(out, i));
+			return;
+		}
+	/* a label added since the schema was derived */
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("enum label \"%s\" of type %s is not in its Avro schema yet",
+					label, format_type_be(type->typid)),
+			 errhint("Start a new session to derive the schema again.")));
+}
+
+static void
+set_value(avro_value_t *out, KpAvroType *type, Datum value)
+{
+	switch (type->kind)
+	{
+		case KP_AVRO_BOOLEAN:
+			check_avro(avro_value_set_boolean(out, DatumGetBool(value)));
+			break;
+		case KP_AVRO_INT:
+			check_avro(avro_value_set_int(out, type->typid == INT2OID ?
+										  DatumGetInt16(value) : DatumGetInt32(value)));
+			break;
+		case KP_AVRO_LONG:
+			check_avro(avro_value_set_long(out, DatumGetInt64(value)));
+			break;
+		case KP_AVRO_FLOAT:
+			check_avro(avro_value_set_float(out, DatumGetFloat4(value)));
+			break;
+		case KP_AVRO_DOUBLE:
+			check_avro(avro_value_set_double(out, DatumGetFloat8(value)));
+			break;
+		case KP_AVRO_DECIMAL:
+			set_decimal(out, type, value);
+			break;
+		case KP_AVRO_NUMERIC_STRING:
+		case KP_AVRO_STRING:
+		case KP_AVRO_UUID:
+			set_text(out, OidOutputFunctionCall(type->output, value));
+			break;
+		case KP_AVRO_BYTES:
+			{
+				bytea	   *bytes = DatumGetByteaPP(value);
+
+				check_avro(avro_value_set_bytes(out, VARDATA_ANY(bytes),
+												VARSIZE_ANY_EXHDR(bytes)));
+			}
+			break;
+		case KP_AVRO_DATE:
+			if (DATE_NOT_FINITE(DatumGetDateADT(value)))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+						 errmsg("infinite dates have no Avro encoding")));
+			check_avro(avro_value_set_int(out, DatumGetDateADT(value) +
+										  (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)));
+			break;
+		case KP_AVRO_TIME:
+			check_avro(avro_value_set_long(out, DatumGetTimeADT(value)));
+			break;
+		case KP_AVRO_TIMESTAMP:
+			check_avro(avro_value_set_long(out, unix_micros(DatumGetTimestamp(value))));
+			break;
+		case KP_AVRO_ENUM:
+			set_enum(out, type, value);
+			break;
+		case KP_AVRO_ARRAY:
+			set_array(out, type, value);
+			break;
+	}
+}
+
+static void
+set_record(KpAvroSchema *schema, HeapTupleHeader record)
+{
+	HeapTupleData tuple;
+	TupleDesc	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(record),
+											  HeapTupleHeaderGetTypMod(record));
+
+	tuple.t_len = HeapTupleHeaderGetDatumLength(record);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = record;
+	for (int i = 0; i < schema->nfields; i++)
+	{
+		KpAvroField *field = &schema->fields[i];
+		avro_value_t out;
+		bool		isnull;
+		Datum		value;
+
+		if (field->name == NULL)
+			continue;
+		value = heap_getattr(&tuple, i + 1, desc, &isnull);
+		check_avro(avro_value_get_by_name(&schema->value, field->name, &out, NULL));
+		if (field->nullable)
+			set_nullable(&out, &field->type, value, isnull);
+		else
+			set_value(&out, &field->type, value);
+	}
+	ReleaseTupleDesc(desc);
+}
+
+/*
+ * Encodes value with schema after header_len bytes left for the caller;
+ * returns the bytea.
+ */
+bytea *
+kp_avro_encode(KpAvroSchema *schema, Datum value, int header_len)
+{
+	size_t		size;
+	bytea	   *result;
+	avro_writer_t writer;
+
+	check_avro(avro_value_reset(&schema->value));
+	if (schema->is_record)
+		set_record(schema, DatumGetHeapTupleHeader(value));
+	else
+		set_value(&schema->value, &schema->scalar, value);
+	check_avro(avro_value_sizeof(&schema->value, &size));
+	result = palloc(VARHDRSZ + header_len + size);
+	SET_VARSIZE(result, VARHDRSZ + header_len + size);
+	writer = avro_writer_memory(VARDATA(result) + header_len, size);
+	if (avro_value_write(writer, &schema->value) != 0)
+	{
+		avro_writer_free(writer);
+		elog(ERROR, "avro-c: %s", avro_strerror());
+	}
+	avro_writer_free(writer);
+	return result;
+}

@@ -1,0 +1,147 @@
+/*-------------------------------------------------------------------------
+ *
+ * send_avro.c
+ *	  kafka_send_avro(): a row (or any supported value) as an Avro message
+ *	  in single-object encoding: 0xC3 0x01, the 8-byte little-endian
+ *	  CRC-64-AVRO fingerprint of the schema's canonical form, then the Avro
+ *	  binary.  Every schema used is kept in kafka.schemas under its
+ *	  fingerprint and subject (<topic>-value, <topic>-key), so consumers
+ *	  can look it up.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "avro_schema.h"
+#include "kafka_producer.h"
+
+PG_FUNCTION_INFO_V1(kafka_send_avro);
+
+#define KP_SINGLE_OBJECT_HEADER 10
+#define KP_SUBJECT_MAX (KP_TOPIC_NAME_MAX + sizeof("-value"))
+
+/* a schema known to be in kafka.schemas under a subject */
+typedef struct KpStoredSchema
+{
+	uint64		fingerprint;
+	char		subject[KP_SUBJECT_MAX];
+} KpStoredSchema;
+
+/* committed in kafka.schemas; and written by the current transaction */
+static HTAB *stored = NULL;
+static List *stored_in_transaction = NIL;
+
+static void
+send_avro_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+		foreach(lc, stored_in_transaction)
+			hash_search(stored, lfirst(lc), HASH_ENTER, NULL);
+	/* the list lived in TopTransactionContext */
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		stored_in_transaction = NIL;
+}
+
+static bytea *
+fingerprint_bytes(uint64 fingerprint)
+{
+	bytea	   *result = palloc(VARHDRSZ + 8);
+
+	SET_VARSIZE(result, VARHDRSZ + 8);
+	for (int i = 0; i < 8; i++)
+		VARDATA(result)[i] = (fingerprint >> (8 * i)) & 0xff;
+	return result;
+}
+
+/* Makes sure kafka.schemas has the schema under subject. */
+static void
+store_schema(KpAvroSchema *schema, const char *subject)
+{
+	KpStoredSchema key;
+	Oid			argtypes[] = {BYTEAOID, TEXTOID, TEXTOID};
+	Datum		args[3];
+	MemoryContext old;
+	KpStoredSchema *copy;
+
+	if (stored == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(KpStoredSchema);
+		ctl.entrysize = sizeof(KpStoredSchema);
+		stored = hash_create("kafka_producer stored Avro schemas", 16, &ctl,
+							 HASH_ELEM | HASH_BLOBS);
+		RegisterXactCallback(send_avro_xact_callback, NULL);
+	}
+	memset(&key, 0, sizeof(key));
+	key.fingerprint = kp_avro_schema_fingerprint(schema);
+	strlcpy(key.subject, subject, sizeof(key.subject));
+	if (hash_search(stored, &key, HASH_FIND, NULL) != NULL)
+		return;
+
+	args[0] = PointerGetDatum(fingerprint_bytes(key.fingerprint));
+	args[1] = CStringGetTextDatum(subject);
+	args[2] = CStringGetTextDatum(kp_avro_schema_json(schema));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("INSERT INTO kafka.schemas (fingerprint, subject, schema) "
+							  "VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING",
+							  3, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not store Avro schema of subject \"%s\"", subject);
+	SPI_finish();
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	copy = palloc(sizeof(KpStoredSchema));
+	memcpy(copy, &key, sizeof(key));
+	stored_in_transaction = lappend(stored_in_transaction, copy);
+	MemoryContextSwitchTo(old);
+}
+
+/* value in single-object encoding, its schema stored under topic-suffix */
+static bytea *
+single_object(Oid typid, Datum value, bool is_key, text *topic)
+{
+	KpAvroSchema *schema = kp_avro_schema(typid, is_key);
+	uint64		fingerprint = kp_avro_schema_fingerprint(schema);
+	bytea	   *result = kp_avro_encode(schema, value, KP_SINGLE_OBJECT_HEADER);
+	char	   *data = VARDATA(result);
+
+	data[0] = (char) 0xC3;
+	data[1] = 0x01;
+	for (int i = 0; i < 8; i++)
+		data[2 + i] = (fingerprint >> (8 * i)) & 0xff;
+	store_schema(schema, psprintf("%s-%s", text_to_cstring(topic),
+								  is_key ? "key" : "value"));
+	return result;
+}
+
+/*
+ * kafka_send_avro(topic text, value "any", key "any", partition int,
+ *				   headers jsonb) returns the new message's id
+ */
+Datum
+kafka_send_avro(PG_FUNCTION_ARGS)
+{
+	KpNewMessage msg;
+
+	kp_check_serving_database();
+	kp_message_options_from_args(fcinfo, &msg);
+	kp_check_topic(msg.topic);
+	msg.value = PG_ARGISNULL(1) ? NULL :
+		single_object(get_fn_expr_argtype(fcinfo->flinfo, 1),
+					  PG_GETARG_DATUM(1), false, msg.topic);
+	msg.key = PG_ARGISNULL(2) ? NULL :
+		single_object(get_fn_expr_argtype(fcinfo->flinfo, 2),
+					  PG_GETARG_DATUM(2), true, msg.topic);
+	PG_RETURN_INT64(kp_enqueue(&msg));
+}
