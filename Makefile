@@ -15,11 +15,13 @@ OBJS = \
 	src/sync_send.o \
 	src/topic_config.o \
 	src/avro.o \
-	src/send_avro.o
+	src/send_avro.o \
+	src/change_json.o \
+	src/publish.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync topic_config avro
+REGRESS = setup send config retry wait sync topic_config avro publish
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

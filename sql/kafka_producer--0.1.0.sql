@@ -342,3 +342,234 @@ REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_database() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.topic_config_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_properties(text, jsonb) FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * Change publishing: kafka_publish() and its trigger
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * The options of each published table, columns by attribute number so
+ * that renaming a column needs no re-publishing; kafka.publications shows
+ * them by name.
+ */
+CREATE TABLE kafka.publication (
+	relid oid PRIMARY KEY,
+	topic text NOT NULL,
+	format text NOT NULL,
+	key_attnums int2[] NOT NULL,
+	column_attnums int2[],
+	row_filter text,
+	row_filter_function oid,
+	tombstones boolean NOT NULL,
+	time_format text NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('kafka.publication', '');
+
+CREATE VIEW kafka.publications AS
+	SELECT p.relid::regclass AS "table", p.topic, p.format,
+		   (SELECT array_agg(a.attname::text ORDER BY k.n)
+			  FROM unnest(p.key_attnums) WITH ORDINALITY AS k(attnum, n)
+			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = k.attnum) AS key_columns,
+		   (SELECT array_agg(a.attname::text ORDER BY c.n)
+			  FROM unnest(p.column_attnums) WITH ORDINALITY AS c(attnum, n)
+			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = c.attnum
+			 WHERE NOT a.attisdropped) AS columns,
+		   p.row_filter, p.tombstones, p.time_format
+	  FROM kafka.publication p
+	 WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid);
+
+COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
+
+CREATE FUNCTION kafka.publish_trigger() RETURNS trigger
+	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish_trigger';
+
+/* Every row of a published table as an "r" (read) event. */
+CREATE FUNCTION kafka_snapshot(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
+
+COMMENT ON FUNCTION kafka_snapshot(regclass) IS
+	'enqueue every row of a published table as a snapshot (op "r") event';
+
+/* The attribute numbers of names in tbl, or an ERROR naming the unknown ones. */
+CREATE FUNCTION kafka.attnums(tbl regclass, names text[], what text) RETURNS int2[]
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text[];
+	result int2[];
+BEGIN
+	SELECT array_agg(n.name ORDER BY n.i) INTO unknown
+	  FROM unnest(names) WITH ORDINALITY AS n(name, i)
+	 WHERE NOT EXISTS (SELECT FROM pg_attribute a
+						WHERE a.attrelid = tbl AND a.attname = n.name
+						  AND a.attnum > 0 AND NOT a.attisdropped);
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION '% of table % not found: %', what, tbl, array_to_string(unknown, ', ')
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	SELECT array_agg(a.attnum ORDER BY n.i) INTO result
+	  FROM unnest(names) WITH ORDINALITY AS n(name, i)
+	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = n.name;
+	RETURN result;
+END
+$$;
+
+CREATE FUNCTION kafka.check_topic_name(topic text) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_topic_name';
+
+/*
+ * Publishes the changes of a table to Kafka: attaches the extension's
+ * trigger, or updates the options of a table already published.
+ */
+CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
+							  format text DEFAULT 'json',
+							  key_columns text[] DEFAULT NULL,
+							  columns text[] DEFAULT NULL,
+							  snapshot boolean DEFAULT false,
+							  "where" text DEFAULT NULL,
+							  tombstones boolean DEFAULT true,
+							  time_format text DEFAULT 'iso')
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	rel record;
+	key_attnums int2[];
+	column_attnums int2[];
+	filter_function oid;
+	filter_name text;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	filter_name := format('kafka.%I', 'row_filter_' || tbl::oid);
+	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+	IF rel.relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION 'cannot publish "%"', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = format('It is %s; only tables can be published.',
+								  CASE rel.relkind WHEN 'v' THEN 'a view'
+									   WHEN 'm' THEN 'a materialized view'
+									   WHEN 'f' THEN 'a foreign table'
+									   ELSE 'not a table' END);
+	END IF;
+	IF rel.relpersistence = 't' THEN
+		RAISE EXCEPTION 'cannot publish temporary table %', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'The worker cannot see other sessions'' temporary tables; publish a regular table.';
+	END IF;
+	IF format IS DISTINCT FROM 'json' THEN
+		RAISE EXCEPTION 'unknown format "%"', format
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid formats: json.';
+	END IF;
+	IF time_format IS NULL OR time_format NOT IN ('iso', 'epoch') THEN
+		RAISE EXCEPTION 'unknown time_format "%"', time_format
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid time formats: iso (ISO 8601, timestamptz in UTC), epoch (Debezium''s days and microseconds).';
+	END IF;
+	topic := coalesce(topic, regexp_replace(rel.nspname || '.' || rel.relname,
+											 '[^a-zA-Z0-9._-]', '_', 'g'));
+	PERFORM kafka.check_topic_name(topic);
+
+	IF key_columns IS NULL THEN
+		SELECT array_agg(a.attname::text ORDER BY k.n) INTO key_columns
+		  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
+		 WHERE i.indrelid = tbl AND i.indisprimary
+		   AND a.attrelid = tbl AND a.attnum = k.attnum;
+		IF key_columns IS NULL THEN
+			RAISE EXCEPTION 'table % has no primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  DETAIL = 'Change events are keyed by the key columns.',
+					  HINT = 'Add a primary key, or name the key with key_columns => ARRAY[...].';
+		END IF;
+	ELSIF cardinality(key_columns) = 0 THEN
+		RAISE EXCEPTION 'key_columns must name at least one column'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	key_attnums := kafka.attnums(tbl, key_columns, 'key columns');
+	IF columns IS NOT NULL THEN
+		column_attnums := kafka.attnums(tbl, columns, 'columns');
+	END IF;
+
+	/* polymorphic, so that it does not keep the table from being dropped */
+	EXECUTE format('DROP FUNCTION IF EXISTS %s(anyelement)', filter_name);
+	IF "where" IS NOT NULL THEN
+		EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
+					   'AS %L', filter_name,
+					   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', "where"));
+		filter_function := format('%s(anyelement)', filter_name)::regprocedure;
+		/* checks the condition now rather than at the first change */
+		EXECUTE format('SELECT %s(NULL::%s)', filter_name, tbl);
+	END IF;
+
+	INSERT INTO kafka.publication AS p
+		VALUES (tbl, topic, format, key_attnums, column_attnums, "where",
+				filter_function, tombstones, time_format)
+		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
+			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
+			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
+			tombstones = excluded.tombstones, time_format = excluded.time_format;
+
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish AFTER INSERT OR UPDATE OR DELETE ON %s '
+				   'FOR EACH ROW EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish_truncate AFTER TRUNCATE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	IF snapshot THEN
+		PERFORM @extschema@.kafka_snapshot(tbl);
+	END IF;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) IS
+	'publish a table''s changes to Kafka as Debezium-style events';
+
+CREATE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
+	LANGUAGE plpgsql STRICT
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	DELETE FROM kafka.publication WHERE relid = tbl;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not published', tbl
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
+END
+$$;
+
+COMMENT ON FUNCTION kafka_unpublish(regclass) IS 'stop publishing a table''s changes';
+
+/* A dropped table is no longer published. */
+CREATE FUNCTION kafka.forget_dropped_tables() RETURNS event_trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	dropped oid;
+BEGIN
+	FOR dropped IN
+		SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+		  JOIN kafka.publication p ON p.relid = d.objid
+		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+	LOOP
+		DELETE FROM kafka.publication WHERE relid = dropped;
+		EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || dropped);
+	END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER kafka_forget_dropped_tables ON sql_drop
+	EXECUTE FUNCTION kafka.forget_dropped_tables();
+
+REVOKE ALL ON FUNCTION kafka.publish_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;

@@ -33,3 +33,16 @@ SELECT p.proname, p.proacl IS NOT NULL AND NOT has_function_privilege('public', 
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
  WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'kafka_producer')
  ORDER BY 1;
+
+-- A table with a column of each type the encoders map, for avro.sql and
+-- publish.sql, which add columns of their own
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
+CREATE FUNCTION create_every_type() RETURNS void LANGUAGE sql AS $$
+	CREATE TABLE every_type (
+		id bigint PRIMARY KEY, small smallint, count positive, flag boolean,
+		ratio real, score double precision, price numeric(10, 2), amount numeric,
+		label text, code varchar(8), letter char(2), payload bytea, ident uuid,
+		day date, at_time time, stamp timestamp, stamptz timestamptz, doc jsonb,
+		raw json, feeling mood, tags text[])
+$$;

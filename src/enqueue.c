@@ -39,6 +39,7 @@
 PG_FUNCTION_INFO_V1(kafka_send);
 PG_FUNCTION_INFO_V1(kafka_wake_worker);
 PG_FUNCTION_INFO_V1(kafka_check_database);
+PG_FUNCTION_INFO_V1(kafka_check_topic_name);
 
 
 /*
@@ -236,6 +237,13 @@ kp_check_topic(text *topic)
 							text_to_cstring(topic)),
 					 errdetail("A topic name may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
 	}
+}
+
+Datum
+kafka_check_topic_name(PG_FUNCTION_ARGS)
+{
+	kp_check_topic(PG_GETARG_TEXT_PP(0));
+	PG_RETURN_VOID();
 }
 
 /* A JSON object whose values are strings or null: Kafka's headers. */

@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import MockCluster, PgCluster, wait_until  # noqa: E402
+from harness import MockCluster, bench_cluster, wait_until  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -133,12 +133,8 @@ def row(name, ours, base, unit="s"):
 
 def main():
     kafka = MockCluster(3)
-    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
-                    "kafka.status_retention": "'1h'",
-                    "shared_buffers": "'1GB'", "max_wal_size": "'8GB'",
-                    "checkpoint_timeout": "'30min'"})
+    pg = bench_cluster(kafka, "1h")
     try:
-        pg.query("CREATE EXTENSION kafka_producer")
         pg.query("CREATE TABLE bench_plain (id bigserial PRIMARY KEY, topic text NOT NULL, "
                  "key bytea, value bytea, enqueued_at timestamptz NOT NULL DEFAULT now())")
         lines = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)

@@ -164,6 +164,17 @@ class PgCluster:
             return f.read()
 
 
+def bench_cluster(kafka, retention):
+    """A cluster tuned for the benchmarks: room for a million rows without
+    checkpoints in the middle of a measurement."""
+    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+                    "kafka.status_retention": f"'{retention}'",
+                    "shared_buffers": "'1GB'", "max_wal_size": "'8GB'",
+                    "checkpoint_timeout": "'30min'"})
+    pg.query("CREATE EXTENSION kafka_producer")
+    return pg
+
+
 def consume_all(bootstrap, topic):
     """Every record of every partition of topic, read from the beginning
     to the current end offsets."""

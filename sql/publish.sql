@@ -1,0 +1,133 @@
+-- kafka_publish(): change events of a table, as the worker would send them.
+-- The volatile members of each event (ts_ms, txId, lsn) are shown as 0.
+
+CREATE FUNCTION events(since bigint)
+RETURNS TABLE (n bigint, topic text, key text, value text)
+LANGUAGE sql AS $$
+	SELECT id - since, topic, convert_from(key, 'UTF8'),
+		   regexp_replace(convert_from(value, 'UTF8'),
+						  '"(ts_ms|txId|lsn)":[0-9]+', '"\1":0', 'g')
+	  FROM kafka.outbox
+	 WHERE id > since AND topic IN (SELECT topic FROM kafka.publication)
+	 ORDER BY id
+$$;
+
+SELECT create_every_type();
+ALTER TABLE every_type ADD COLUMN matrix int[], ADD COLUMN big text, ADD COLUMN "Mixed ""Case""" int;
+SELECT kafka_publish('every_type');
+SELECT * FROM kafka.publications;
+SELECT tgname, tgtype FROM pg_trigger WHERE tgrelid = 'every_type'::regclass ORDER BY 1;
+
+SELECT last_value - (NOT is_called)::int AS start FROM kafka.message_id_seq \gset
+SET timezone = 'America/New_York';
+INSERT INTO every_type VALUES
+	(1, 2, 3, true, 1.5, 'NaN', 12345678.91, 3.14159265358979323846264338327950288, 'tab	"quote" ü', 'varchar',
+	 'c', '\x00ff10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '13:14:15.123456',
+	 '2024-02-29 13:14:15.123456', '2024-02-29 13:14:15.123456+02', '{"a": [1, 2.50]}', '{"b" : 1}',
+	 'happy', '{x,NULL,"y z"}', '{{1,2},{3,4}}', NULL, 7),
+	(2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	 NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+RESET timezone;
+SELECT n, key, value FROM events(:start);
+
+-- update in place, update of the key, delete (with its tombstone), truncate
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+UPDATE every_type SET label = 'changed', big = repeat('large ', 2000) WHERE id = 2;
+SELECT n, key, length(value) AS len, value::jsonb->'after'->>'label' AS label,
+	   length(value::jsonb->'after'->>'big') AS toasted_value_in_full
+  FROM events(:start);
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+UPDATE every_type SET small = 5 WHERE id = 2;
+SELECT n, key, value::jsonb->>'op' AS op, length(value::jsonb->'before'->>'big') AS unchanged_big_before,
+	   length(value::jsonb->'after'->>'big') AS unchanged_big_after
+  FROM events(:start);
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+UPDATE every_type SET id = 20 WHERE id = 2;
+DELETE FROM every_type WHERE id = 1;
+SELECT n, key, value::jsonb->>'op' AS op, value::jsonb->'before'->>'id' AS before_id,
+	   value::jsonb->'after'->>'id' AS after_id, value IS NULL AS tombstone
+  FROM events(:start);
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+TRUNCATE every_type;
+SELECT n, key, value FROM events(:start);
+
+-- a rollback publishes nothing
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+BEGIN;
+INSERT INTO every_type (id) VALUES (99);
+ROLLBACK;
+SELECT count(*) AS published FROM events(:start);
+
+-- schema changes show in the next events without publishing again
+ALTER TABLE every_type ADD COLUMN added text DEFAULT 'new';
+ALTER TABLE every_type RENAME COLUMN small TO tiny;
+ALTER TABLE every_type DROP COLUMN raw;
+INSERT INTO every_type (id, tiny) VALUES (3, 4);
+SELECT n, value::jsonb->'after' ?& ARRAY['added', 'tiny'] AS has_new,
+	   value::jsonb->'after' ?| ARRAY['raw', 'small'] AS has_old
+  FROM events(:start);
+
+-- options: topic, key columns, column filter, row filter, no tombstones, epoch times
+CREATE TABLE orders (id int, region text, status text, total numeric(8, 2),
+					 placed date, at timestamp, internal text, PRIMARY KEY (id, region));
+SELECT kafka_publish('orders', topic => 'shop.orders', columns => ARRAY['id', 'region', 'status', 'total', 'placed', 'at'],
+					 "where" => $$status <> 'draft'$$, tombstones => false, time_format => 'epoch');
+-- publishing again updates the options, still one trigger
+SELECT kafka_publish('orders', topic => 'shop.orders', key_columns => ARRAY['id'],
+					 columns => ARRAY['id', 'region', 'status', 'total', 'placed', 'at'],
+					 "where" => $$status <> 'draft'$$, tombstones => false, time_format => 'epoch');
+SELECT * FROM kafka.publications WHERE "table" = 'orders'::regclass;
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'orders'::regclass;
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO orders VALUES (1, 'eu', 'draft', 10, '1970-01-02', '1970-01-01 00:00:01.5', 'secret'),
+						  (2, 'us', 'paid', 20, '2000-01-01', '2000-01-01 00:00:00', 'secret');
+UPDATE orders SET status = 'paid' WHERE id = 1;   -- enters the filter: create
+UPDATE orders SET status = 'draft' WHERE id = 2;  -- leaves it: delete, no tombstone
+DELETE FROM orders WHERE id = 2;                  -- not in it: nothing
+SELECT n, topic, key, value FROM events(:start);
+
+-- snapshot: existing rows as "r" events
+CREATE TABLE existing (id int PRIMARY KEY, v text);
+INSERT INTO existing VALUES (1, 'a'), (2, 'b');
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+SELECT kafka_publish('existing', snapshot => true);
+SELECT n, key, value FROM events(:start);
+SELECT kafka_snapshot('existing');
+
+-- unpublish
+SELECT kafka_unpublish('existing');
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'existing'::regclass;
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO existing VALUES (3, 'c');
+SELECT count(*) AS published FROM events(:start);
+
+-- bad input
+SELECT kafka_unpublish('existing');
+SELECT kafka_snapshot('existing');
+CREATE TABLE no_key (a int, b int);
+SELECT kafka_publish('no_key');
+SELECT kafka_publish('no_key', key_columns => ARRAY['a', 'nope', 'neither']);
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], columns => ARRAY['b', 'c']);
+SELECT kafka_publish('no_key', key_columns => ARRAY[]::text[]);
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], format => 'xml');
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], time_format => 'unix');
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], topic => 'bad topic');
+\set VERBOSITY terse
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], "where" => 'nope > 1');
+\set VERBOSITY default
+SELECT kafka_publish(NULL);
+CREATE VIEW a_view AS SELECT 1 AS id;
+SELECT kafka_publish('a_view');
+CREATE MATERIALIZED VIEW a_matview AS SELECT 1 AS id;
+SELECT kafka_publish('a_matview');
+CREATE TEMPORARY TABLE a_temp (id int PRIMARY KEY);
+SELECT kafka_publish('a_temp');
+SELECT kafka_publish('"odd ""name"""');
+CREATE TABLE "odd ""name""" (id int PRIMARY KEY);
+SELECT kafka_publish('"odd ""name"""');
+SELECT "table", topic FROM kafka.publications WHERE "table" = '"odd ""name"""'::regclass;
+
+DROP TABLE every_type, orders, existing, no_key, "odd ""name""", a_temp;
+DROP VIEW a_view;
+DROP MATERIALIZED VIEW a_matview;
+DROP FUNCTION events(bigint);

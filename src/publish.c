@@ -1,0 +1,514 @@
+/*-------------------------------------------------------------------------
+ *
+ * publish.c
+ *	  Change publishing: the trigger kafka_publish() attaches to a table
+ *	  turns each row change into a Debezium-style event (key: the key
+ *	  columns; value: before, after, source, op, ts_ms) and enqueues it in
+ *	  the changing transaction, so that a rollback publishes nothing and
+ *	  the worker delivers a key's events in commit order.
+ *
+ *	  A publication's options live in kafka.publication, columns by
+ *	  attribute number so that RENAME COLUMN needs no re-publishing.  They
+ *	  are read once per relation and kept with the column encoders until a
+ *	  relcache invalidation of the table (ALTER TABLE, kafka_publish again).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/relation.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "change_json.h"
+#include "kafka_producer.h"
+
+PG_FUNCTION_INFO_V1(kafka_publish_trigger);
+PG_FUNCTION_INFO_V1(kafka_snapshot);
+
+#define KP_SOURCE_VERSION "0.1.0"
+
+typedef struct KpPublication
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	MemoryContext context;
+	text	   *topic;
+	bool		tombstones;
+	KpTimeFormat time_format;
+	Oid			filter;			/* the row filter function, or InvalidOid */
+	FmgrInfo	filter_call;	/* its call, its argument typed as the row */
+	int			natts;
+	bool	   *published;		/* per attribute: in before and after */
+	KpJsonColumn *columns;		/* per attribute */
+	char	  **names;			/* per attribute: the JSON-escaped name */
+	int			nkeys;
+	AttrNumber *keys;
+	char	   *source;			/* the constant members of "source" */
+} KpPublication;
+
+static HTAB *publications = NULL;
+
+static void
+invalidate_publication(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS scan;
+	KpPublication *pub;
+
+	hash_seq_init(&scan, publications);
+	while ((pub = hash_seq_search(&scan)) != NULL)
+		if (relid == InvalidOid || pub->relid == relid)
+			pub->valid = false;
+}
+
+static AttrNumber *
+attnums_of(Datum array, int *count)
+{
+	Datum	   *elements;
+	bool	   *nulls;
+	AttrNumber *result;
+
+	deconstruct_array(DatumGetArrayTypeP(array), INT2OID, 2, true, TYPALIGN_SHORT,
+					  &elements, &nulls, count);
+	result = palloc(*count * sizeof(AttrNumber));
+	for (int i = 0; i < *count; i++)
+		result[i] = DatumGetInt16(elements[i]);
+	return result;
+}
+
+static char *
+json_string(const char *str)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	escape_json(&out, str);
+	return out.data;
+}
+
+/* Reads the options of rel's publication: topic, keys, columns, ... */
+static void
+load_options(KpPublication *pub, Relation rel)
+{
+	Oid			argtypes[] = {OIDOID};
+	Datum		args[] = {ObjectIdGetDatum(pub->relid)};
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		columns;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
+							  "  time_format, row_filter_function "
+							  "FROM kafka.publication WHERE relid = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kafka.publication");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not published", RelationGetRelationName(rel)),
+				 errhint("Its trigger was left behind: run kafka_publish() or DROP TRIGGER kafka_publish.")));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	MemoryContextSwitchTo(pub->context);
+	pub->topic = DatumGetTextPCopy(SPI_getbinval(row, desc, 1, &isnull));
+	pub->keys = attnums_of(SPI_getbinval(row, desc, 2, &isnull), &pub->nkeys);
+	columns = SPI_getbinval(row, desc, 3, &isnull);
+	pub->natts = RelationGetDescr(rel)->natts;
+	pub->published = palloc0(pub->natts * sizeof(bool));
+	if (isnull)
+		memset(pub->published, true, pub->natts * sizeof(bool));
+	else
+	{
+		int			count;
+		AttrNumber *attnums = attnums_of(columns, &count);
+
+		for (int i = 0; i < count; i++)
+			if (attnums[i] >= 1 && attnums[i] <= pub->natts)
+				pub->published[attnums[i] - 1] = true;
+	}
+	pub->tombstones = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
+	pub->time_format = strcmp(TextDatumGetCString(SPI_getbinval(row, desc, 5, &isnull)),
+							  "epoch") == 0 ? KP_TIME_EPOCH : KP_TIME_ISO;
+	pub->filter = DatumGetObjectId(SPI_getbinval(row, desc, 6, &isnull));
+	if (isnull)
+		pub->filter = InvalidOid;
+	SPI_finish();
+}
+
+/* The column encoders, names and "source" constants for rel's columns. */
+static void
+prepare_columns(KpPublication *pub, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData source;
+	MemoryContext old = MemoryContextSwitchTo(pub->context);
+
+	pub->columns = palloc0(pub->natts * sizeof(KpJsonColumn));
+	pub->names = palloc0(pub->natts * sizeof(char *));
+	for (int i = 0; i < pub->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (attr->attisdropped)
+		{
+			pub->published[i] = false;
+			continue;
+		}
+		kp_json_column_init(&pub->columns[i], attr->atttypid, pub->context);
+		pub->names[i] = json_string(NameStr(attr->attname));
+	}
+	for (int k = 0; k < pub->nkeys; k++)
+		if (pub->keys[k] < 1 || pub->keys[k] > pub->natts ||
+			TupleDescAttr(desc, pub->keys[k] - 1)->attisdropped)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a key column of published table \"%s\" was dropped",
+							RelationGetRelationName(rel)),
+					 errhint("Run kafka_publish() again with the new key_columns.")));
+	initStringInfo(&source);
+	appendStringInfo(&source,
+					 "\"version\":\"%s\",\"connector\":\"postgresql\",\"name\":%s,"
+					 "\"db\":%s,\"schema\":%s,\"table\":%s",
+					 KP_SOURCE_VERSION,
+					 json_string(get_database_name(MyDatabaseId)),
+					 json_string(get_database_name(MyDatabaseId)),
+					 json_string(get_namespace_name(RelationGetNamespace(rel))),
+					 json_string(RelationGetRelationName(rel)));
+	pub->source = source.data;
+	if (OidIsValid(pub->filter))
+	{
+		/* the function is polymorphic: its call says the argument's type */
+		fmgr_info_cxt(pub->filter, &pub->filter_call, pub->context);
+		pub->filter_call.fn_expr = (Node *)
+			makeFuncExpr(pub->filter, BOOLOID,
+						 list_make1(makeNullConst(RelationGetForm(rel)->reltype,
+												  -1, InvalidOid)),
+						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+static KpPublication *
+publication_for(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	KpPublication *pub;
+	bool		found;
+
+	if (publications == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(KpPublication);
+		publications = hash_create("kafka_producer publications", 16, &ctl,
+								   HASH_ELEM | HASH_BLOBS);
+		CacheRegisterRelcacheCallback(invalidate_publication, (Datum) 0);
+	}
+	pub = hash_search(publications, &relid, HASH_ENTER, &found);
+	if (found && pub->valid)
+		return pub;
+	if (!found)
+		pub->context = AllocSetContextCreate(TopMemoryContext,
+											 "kafka_producer publication",
+											 ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(pub->context);
+	pub->valid = false;
+	load_options(pub, rel);
+	prepare_columns(pub, rel);
+	pub->valid = true;
+	return pub;
+}
+
+/* ---------------------------------------------------------------------
+ * Events
+ * ---------------------------------------------------------------------
+ */
+
+/* a StringInfo that becomes a bytea: room for the header first */
+static void
+init_bytes(StringInfo out)
+{
+	initStringInfo(out);
+	appendStringInfoSpaces(out, VARHDRSZ);
+}
+
+static bytea *
+finish_bytes(StringInfo out)
+{
+	if (GetDatabaseEncoding() != PG_UTF8)
+	{
+		char	   *utf8 = pg_server_to_any(out->data + VARHDRSZ,
+											out->len - VARHDRSZ, PG_UTF8);
+
+		if (utf8 != out->data + VARHDRSZ)
+		{
+			out->len = VARHDRSZ;
+			appendStringInfoString(out, utf8);
+		}
+	}
+	SET_VARSIZE(out->data, out->len);
+	return (bytea *) out->data;
+}
+
+static void
+append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
+{
+	bool		first = true;
+
+	if (tuple == NULL)
+	{
+		appendStringInfoString(out, "null");
+		return;
+	}
+	appendStringInfoChar(out, '{');
+	for (int i = 0; i < pub->natts; i++)
+	{
+		bool		isnull;
+		Datum		value;
+
+		if (!pub->published[i])
+			continue;
+		value = heap_getattr(tuple, i + 1, desc, &isnull);
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		appendStringInfo(out, "%s:", pub->names[i]);
+		kp_json_append_value(out, &pub->columns[i], value, isnull, pub->time_format);
+	}
+	appendStringInfoChar(out, '}');
+}
+
+static bytea *
+event_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
+{
+	StringInfoData out;
+
+	init_bytes(&out);
+	appendStringInfoChar(&out, '{');
+	for (int k = 0; k < pub->nkeys; k++)
+	{
+		int			i = pub->keys[k] - 1;
+		bool		isnull;
+		Datum		value = heap_getattr(tuple, i + 1, desc, &isnull);
+
+		appendStringInfo(&out, "%s%s:", k ? "," : "", pub->names[i]);
+		kp_json_append_value(&out, &pub->columns[i], value, isnull, pub->time_format);
+	}
+	appendStringInfoChar(&out, '}');
+	return finish_bytes(&out);
+}
+
+static int64
+epoch_ms(TimestampTz ts)
+{
+	return ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+}
+
+static bytea *
+event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
+			HeapTuple after, char op)
+{
+	StringInfoData out;
+
+	init_bytes(&out);
+	appendStringInfoString(&out, "{\"before\":");
+	append_row(&out, pub, desc, before);
+	appendStringInfoString(&out, ",\"after\":");
+	append_row(&out, pub, desc, after);
+	appendStringInfo(&out, ",\"source\":{%s,\"ts_ms\":" INT64_FORMAT
+					 ",\"snapshot\":\"%s\",\"txId\":%u,\"lsn\":" UINT64_FORMAT
+					 ",\"xmin\":null},\"op\":\"%c\",\"ts_ms\":" INT64_FORMAT "}",
+					 pub->source, epoch_ms(GetCurrentStatementStartTimestamp()),
+					 op == 'r' ? "true" : "false", GetTopTransactionId(),
+					 (uint64) GetXLogInsertRecPtr(), op,
+					 epoch_ms(GetCurrentTimestamp()));
+	return finish_bytes(&out);
+}
+
+static void
+enqueue_event(KpPublication *pub, bytea *key, bytea *value)
+{
+	KpNewMessage msg;
+
+	msg.topic = pub->topic;
+	msg.key = key;
+	msg.value = value;
+	msg.partition = RD_KAFKA_PARTITION_UA;
+	msg.headers = NULL;
+	kp_enqueue(&msg);
+}
+
+/* An event for one row; a delete is followed by a tombstone if wanted. */
+static void
+publish_row(KpPublication *pub, TupleDesc desc, HeapTuple before,
+			HeapTuple after, char op)
+{
+	bytea	   *key = event_key(pub, desc, after ? after : before);
+
+	enqueue_event(pub, key, event_value(pub, desc, before, after, op));
+	if (op == 'd' && pub->tombstones)
+		enqueue_event(pub, key, NULL);
+}
+
+static bool
+keys_equal(KpPublication *pub, TupleDesc desc, HeapTuple a, HeapTuple b)
+{
+	for (int k = 0; k < pub->nkeys; k++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, pub->keys[k] - 1);
+		bool		a_null;
+		bool		b_null;
+		Datum		a_value = heap_getattr(a, pub->keys[k], desc, &a_null);
+		Datum		b_value = heap_getattr(b, pub->keys[k], desc, &b_null);
+
+		if (a_null != b_null ||
+			(!a_null && !datum_image_eq(a_value, b_value, attr->attbyval,
+										attr->attlen)))
+			return false;
+	}
+	return true;
+}
+
+static bool
+passes_filter(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
+{
+	if (!OidIsValid(pub->filter))
+		return true;
+	return DatumGetBool(FunctionCall1(&pub->filter_call,
+									  heap_copy_tuple_as_datum(tuple, desc)));
+}
+
+/*
+ * An update: "u", or, when the key changed, a delete of the old key and a
+ * create of the new one, as Debezium does.  With a row filter, a row that
+ * leaves it is deleted and one that enters it is created.
+ */
+static void
+publish_update(KpPublication *pub, TupleDesc desc, HeapTuple before,
+			   HeapTuple after)
+{
+	bool		was_in = passes_filter(pub, desc, before);
+	bool		is_in = passes_filter(pub, desc, after);
+
+	if (was_in && is_in && keys_equal(pub, desc, before, after))
+		publish_row(pub, desc, before, after, 'u');
+	else
+	{
+		if (was_in)
+			publish_row(pub, desc, before, NULL, 'd');
+		if (is_in)
+			publish_row(pub, desc, NULL, after, 'c');
+	}
+}
+
+static void
+publish_truncate(KpPublication *pub, TupleDesc desc)
+{
+	enqueue_event(pub, NULL, event_value(pub, desc, NULL, NULL, 't'));
+}
+
+/*
+ * AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, and AFTER TRUNCATE FOR
+ * EACH STATEMENT, on a published table.
+ */
+Datum
+kafka_publish_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TriggerEvent event;
+	KpPublication *pub;
+	TupleDesc	desc;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		elog(ERROR, "kafka_publish_trigger must be an AFTER trigger");
+	event = trigdata->tg_event;
+	pub = publication_for(trigdata->tg_relation);
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (TRIGGER_FIRED_BY_TRUNCATE(event))
+		publish_truncate(pub, desc);
+	else if (!TRIGGER_FIRED_FOR_ROW(event))
+		elog(ERROR, "kafka_publish_trigger must fire for each row, or for TRUNCATE");
+	else if (TRIGGER_FIRED_BY_INSERT(event))
+	{
+		if (passes_filter(pub, desc, trigdata->tg_trigtuple))
+			publish_row(pub, desc, NULL, trigdata->tg_trigtuple, 'c');
+	}
+	else if (TRIGGER_FIRED_BY_DELETE(event))
+	{
+		if (passes_filter(pub, desc, trigdata->tg_trigtuple))
+			publish_row(pub, desc, trigdata->tg_trigtuple, NULL, 'd');
+	}
+	else
+		publish_update(pub, desc, trigdata->tg_trigtuple, trigdata->tg_newtuple);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * kafka_snapshot(tbl regclass) returns the number of rows enqueued
+ *
+ * Every row of a published table as an "r" event.  The table is locked
+ * against writers until the transaction ends, then read with a snapshot
+ * taken after the lock: a change committed before is in the snapshot, one
+ * made after waits for the lock and comes after the snapshot's events.
+ */
+Datum
+kafka_snapshot(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+	KpPublication *pub;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	Snapshot	snapshot;
+	int64		count = 0;
+
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("kafka_snapshot() must run in a READ COMMITTED transaction"),
+				 errdetail("It reads the table with a snapshot taken after locking it.")));
+	rel = table_open(relid, ShareLock);
+	pub = publication_for(rel);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!passes_filter(pub, RelationGetDescr(rel), tuple))
+			continue;
+		publish_row(pub, RelationGetDescr(rel), NULL, tuple, 'r');
+		count++;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	PG_RETURN_INT64(count);
+}
