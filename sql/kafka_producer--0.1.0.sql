@@ -516,6 +516,9 @@ BEGIN
 
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
 	EXECUTE format('CREATE TRIGGER kafka_publish AFTER INSERT OR UPDATE OR DELETE ON %s '
 				   'FOR EACH ROW EXECUTE FUNCTION kafka.publish_trigger()', tbl);
 	EXECUTE format('CREATE TRIGGER kafka_publish_truncate AFTER TRUNCATE ON %s '
@@ -541,6 +544,7 @@ BEGIN
 	END IF;
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
 	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
 END
 $$;

@@ -94,6 +94,36 @@ SELECT kafka_publish('existing', snapshot => true);
 SELECT n, key, value FROM events(:start);
 SELECT kafka_snapshot('existing');
 
+-- subtransactions: the events of a rolled-back one are dropped, the rest kept
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+BEGIN;
+INSERT INTO existing VALUES (10, 'kept');
+SAVEPOINT s;
+INSERT INTO existing VALUES (11, 'rolled back');
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO existing VALUES (12, 'kept too');
+COMMIT;
+-- another trigger's failed subtransaction, in the middle of a statement's events
+CREATE TABLE side (id int PRIMARY KEY);
+SELECT kafka_publish('side');
+CREATE FUNCTION side_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	BEGIN
+		INSERT INTO side VALUES (NEW.id);
+		RAISE EXCEPTION 'undo the side effect';
+	EXCEPTION WHEN raise_exception THEN
+		NULL;
+	END;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER zz_side_effect AFTER INSERT ON existing FOR EACH ROW EXECUTE FUNCTION side_effect();
+INSERT INTO existing VALUES (20, 'x'), (21, 'y'), (22, 'z');
+SELECT n, topic, key, value::jsonb->'after'->>'v' AS v FROM events(:start);
+DROP TRIGGER zz_side_effect ON existing;
+DROP TABLE side;
+DROP FUNCTION side_effect();
+
 -- unpublish
 SELECT kafka_unpublish('existing');
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'existing'::regclass;

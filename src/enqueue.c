@@ -23,6 +23,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -31,6 +32,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -71,6 +73,30 @@ typedef struct KpSendCache
 	KpArgEncoder value;
 	KpArgEncoder key;
 } KpSendCache;
+
+/*
+ * Messages of triggers wait here as outbox rows, ids taken, and go to
+ * kafka.outbox a chunk at a time with table_multi_insert: when a chunk is
+ * full, at the end of the statement (kp_enqueue_flush from a statement
+ * trigger) and before commit.  Each row remembers its subtransaction: only
+ * those of the current one are written, since a row written in a deeper
+ * subtransaction would vanish with it; those of an aborted one are
+ * dropped, and those of a committed one pass to its parent.
+ */
+typedef struct KpBufferedRow
+{
+	SubTransactionId subid;
+	HeapTuple	tuple;
+} KpBufferedRow;
+
+/* all in TopTransactionContext */
+static List *buffered_rows = NIL;
+static TupleDesc buffered_desc = NULL;
+static Oid	buffered_sequence = InvalidOid;
+static KpSlotCache outbox_slots;
+
+static void enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
+									 SubTransactionId parent, void *arg);
 
 /* lowest and highest message id enqueued by the current transaction */
 static int64 xact_first_id = -1;
@@ -123,6 +149,15 @@ kp_enqueue_forget_committed(void)
 static void
 enqueue_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT)
+		kp_enqueue_flush();
+	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PARALLEL_PRE_COMMIT &&
+		event != XACT_EVENT_PRE_PREPARE)
+	{
+		/* they lived in TopTransactionContext */
+		buffered_rows = NIL;
+		buffered_desc = NULL;
+	}
 	if (xact_first_id < 0)
 		return;
 	switch (event)
@@ -164,6 +199,7 @@ kp_enqueue_wake_at_commit(int64 id)
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(enqueue_xact_callback, NULL);
+		RegisterSubXactCallback(enqueue_subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
 	if (xact_first_id < 0 || id < xact_first_id)
@@ -415,23 +451,16 @@ kp_message_check(KpNewMessage *msg)
 	return size;
 }
 
-/*
- * Enqueues a message in the current transaction: the worker delivers it
- * once the transaction commits.  Returns its id.
- */
-int64
-kp_enqueue(KpNewMessage *msg)
+/* Checks msg and fills the columns of its outbox row, but its id. */
+static void
+outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
 {
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
-	int64		id;
-
 	kp_check_serving_database();
 	PreventCommandIfReadOnly("kafka_send()");
 	PreventCommandIfParallelMode("kafka_send()");
 	kp_message_check(msg);
 
-	memset(nulls, false, sizeof(nulls));
+	memset(nulls, false, OUTBOX_NATTS * sizeof(bool));
 	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
 	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
 	nulls[OUTBOX_KEY] = msg->key == NULL;
@@ -444,10 +473,117 @@ kp_enqueue(KpNewMessage *msg)
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
 	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+}
 
+/*
+ * Enqueues a message in the current transaction: the worker delivers it
+ * once the transaction commits.  Returns its id.
+ */
+int64
+kp_enqueue(KpNewMessage *msg)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
+	int64		id;
+
+	outbox_columns(msg, values, nulls);
 	id = insert_outbox_row(values, nulls);
 	kp_enqueue_wake_at_commit(id);
 	return id;
+}
+
+static void
+prepare_buffering(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	Relation	rel = kp_outbox_open(AccessShareLock);
+
+	buffered_desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	table_close(rel, NoLock);
+	buffered_sequence = kp_relation_oid("message_id_seq");
+	MemoryContextSwitchTo(old);
+}
+
+/* As kp_enqueue, the row written to kafka.outbox a chunk at a time. */
+int64
+kp_enqueue_buffered(KpNewMessage *msg)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
+	KpBufferedRow *row;
+	MemoryContext old;
+	int64		id;
+
+	outbox_columns(msg, values, nulls);
+	if (buffered_desc == NULL)
+		prepare_buffering();
+	id = nextval_internal(buffered_sequence, false);
+	values[OUTBOX_ID] = Int64GetDatum(id);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	row = palloc(sizeof(KpBufferedRow));
+	row->subid = GetCurrentSubTransactionId();
+	row->tuple = heap_form_tuple(buffered_desc, values, nulls);
+	buffered_rows = lappend(buffered_rows, row);
+	MemoryContextSwitchTo(old);
+	kp_enqueue_wake_at_commit(id);
+	if (list_length(buffered_rows) >= KP_BATCH_CHUNK)
+		kp_enqueue_flush();
+	return id;
+}
+
+/* Writes the buffered rows of the current subtransaction to kafka.outbox. */
+void
+kp_enqueue_flush(void)
+{
+	SubTransactionId current = GetCurrentSubTransactionId();
+	List	   *kept = NIL;
+	KpBatchWriter writer;
+	Relation	rel;
+	ListCell   *lc;
+	MemoryContext old;
+
+	if (buffered_rows == NIL)
+		return;
+	rel = kp_outbox_open(RowExclusiveLock);
+	kp_batch_open(&writer, rel, &outbox_slots);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	foreach(lc, buffered_rows)
+	{
+		KpBufferedRow *row = lfirst(lc);
+
+		if (row->subid != current)
+		{
+			kept = lappend(kept, row);
+			continue;
+		}
+		ExecStoreHeapTuple(row->tuple, kp_batch_next_slot(&writer), false);
+		kp_batch_added(&writer);
+	}
+	MemoryContextSwitchTo(old);
+	kp_batch_close(&writer);
+	table_close(rel, NoLock);
+	list_free(buffered_rows);
+	buffered_rows = kept;
+}
+
+static void
+enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
+						 SubTransactionId parent, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, buffered_rows)
+			if (((KpBufferedRow *) lfirst(lc))->subid == subid)
+				((KpBufferedRow *) lfirst(lc))->subid = parent;
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, buffered_rows)
+			if (((KpBufferedRow *) lfirst(lc))->subid >= subid)
+				buffered_rows = foreach_delete_current(buffered_rows, lc);
+	}
 }
 
 /*

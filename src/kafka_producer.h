@@ -165,6 +165,8 @@ extern void kp_message_options_from_args(FunctionCallInfo fcinfo,
 extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
 extern Size kp_message_check(KpNewMessage *msg);
 extern int64 kp_enqueue(KpNewMessage *msg);
+extern int64 kp_enqueue_buffered(KpNewMessage *msg);
+extern void kp_enqueue_flush(void);
 extern void kp_enqueue_wake_at_commit(int64 id);
 extern void kp_check_topic(text *topic);
 extern int	kp_enqueue_committed_ranges(KpIdRange **ranges);
@@ -281,6 +283,29 @@ extern void kp_indexes_open(Relation rel, KpIndexes *indexes);
 extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
 							  ItemPointer tid, Datum *values, bool *nulls);
 extern void kp_indexes_close(KpIndexes *indexes);
+/* rows written a chunk at a time with table_multi_insert */
+#define KP_BATCH_CHUNK 1000
+
+typedef struct KpSlotCache
+{
+	struct TupleDescData *desc;
+	struct TupleTableSlot *slots[KP_BATCH_CHUNK];
+} KpSlotCache;
+
+typedef struct KpBatchWriter
+{
+	Relation	rel;
+	KpIndexes	indexes;
+	CommandId	cid;
+	int			count;
+	struct TupleTableSlot **slots;
+} KpBatchWriter;
+
+extern void kp_batch_open(KpBatchWriter *writer, Relation rel,
+						  KpSlotCache *cache);
+extern struct TupleTableSlot *kp_batch_next_slot(KpBatchWriter *writer);
+extern void kp_batch_added(KpBatchWriter *writer);
+extern void kp_batch_close(KpBatchWriter *writer);
 extern bool kp_outbox_present(void);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);

@@ -337,20 +337,44 @@ typedef enum KpDeliveredColumn
 	DELIVERED_NATTS
 } KpDeliveredColumn;
 
-/* delivery records go to the heap this many at a time */
-#define KP_DELIVERED_CHUNK 1000
-
-typedef struct KpDeliveredWriter
+/*
+ * A batch writer: rows go to the heap with table_multi_insert, a chunk at
+ * a time, then into the indexes.  Its slots are kept from batch to batch
+ * in a KpSlotCache of the caller's: making a thousand slots showed in
+ * profiles.
+ */
+void
+kp_batch_open(KpBatchWriter *writer, Relation rel, KpSlotCache *cache)
 {
-	Relation	rel;
-	KpIndexes	indexes;
-	CommandId	cid;
-	int			count;
-	TupleTableSlot **slots;
-} KpDeliveredWriter;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (cache->desc == NULL || !equalTupleDescs(desc, cache->desc))
+	{
+		MemoryContext outer = MemoryContextSwitchTo(TopMemoryContext);
+
+		for (int i = 0; i < KP_BATCH_CHUNK; i++)
+		{
+			if (cache->slots[i] != NULL)
+				ExecDropSingleTupleTableSlot(cache->slots[i]);
+			cache->slots[i] = NULL;
+		}
+		if (cache->desc != NULL)
+			FreeTupleDesc(cache->desc);
+		cache->desc = CreateTupleDescCopy(desc);
+		for (int i = 0; i < KP_BATCH_CHUNK; i++)
+			cache->slots[i] = MakeSingleTupleTableSlot(cache->desc,
+													   &TTSOpsHeapTuple);
+		MemoryContextSwitchTo(outer);
+	}
+	writer->rel = rel;
+	writer->slots = cache->slots;
+	writer->count = 0;
+	kp_indexes_open(rel, &writer->indexes);
+	writer->cid = GetCurrentCommandId(true);
+}
 
 static void
-delivered_writer_flush(KpDeliveredWriter *writer)
+batch_flush(KpBatchWriter *writer)
 {
 	table_multi_insert(writer->rel, writer->slots, writer->count, writer->cid,
 					   0, NULL);
@@ -366,63 +390,58 @@ delivered_writer_flush(KpDeliveredWriter *writer)
 	writer->count = 0;
 }
 
-/* kept from batch to batch: making a thousand slots showed in profiles */
-static TupleDesc delivered_desc = NULL;
-static TupleTableSlot *delivered_slots[KP_DELIVERED_CHUNK];
+/* The slot to fill for the next row; kp_batch_added once it is stored. */
+TupleTableSlot *
+kp_batch_next_slot(KpBatchWriter *writer)
+{
+	return writer->slots[writer->count];
+}
+
+void
+kp_batch_added(KpBatchWriter *writer)
+{
+	if (++writer->count == KP_BATCH_CHUNK)
+		batch_flush(writer);
+}
+
+void
+kp_batch_close(KpBatchWriter *writer)
+{
+	if (writer->count > 0)
+		batch_flush(writer);
+	kp_indexes_close(&writer->indexes);
+}
+
+static KpSlotCache delivered_slots;
 
 static void
-delivered_writer_open(KpDeliveredWriter *writer)
+delivered_writer_open(KpBatchWriter *writer)
 {
-	TupleDesc	desc;
+	Relation	rel = table_open(kp_relation_oid("delivered"), RowExclusiveLock);
 
-	writer->rel = table_open(kp_relation_oid("delivered"), RowExclusiveLock);
-	desc = RelationGetDescr(writer->rel);
-	if (desc->natts != DELIVERED_NATTS)
+	if (RelationGetDescr(rel)->natts != DELIVERED_NATTS)
 		elog(ERROR, "kafka.delivered has %d columns, expected %d",
-			 desc->natts, DELIVERED_NATTS);
-	if (delivered_desc == NULL || !equalTupleDescs(desc, delivered_desc))
-	{
-		MemoryContext outer = MemoryContextSwitchTo(TopMemoryContext);
-
-		for (int i = 0; i < KP_DELIVERED_CHUNK; i++)
-		{
-			if (delivered_slots[i] != NULL)
-				ExecDropSingleTupleTableSlot(delivered_slots[i]);
-			delivered_slots[i] = NULL;
-		}
-		if (delivered_desc != NULL)
-			FreeTupleDesc(delivered_desc);
-		delivered_desc = CreateTupleDescCopy(desc);
-		for (int i = 0; i < KP_DELIVERED_CHUNK; i++)
-			delivered_slots[i] = MakeSingleTupleTableSlot(delivered_desc,
-														  &TTSOpsHeapTuple);
-		MemoryContextSwitchTo(outer);
-	}
-	writer->slots = delivered_slots;
-	writer->count = 0;
-	kp_indexes_open(writer->rel, &writer->indexes);
-	writer->cid = GetCurrentCommandId(true);
+			 RelationGetDescr(rel)->natts, DELIVERED_NATTS);
+	kp_batch_open(writer, rel, &delivered_slots);
 }
 
 static void
-delivered_writer_close(KpDeliveredWriter *writer)
+delivered_writer_close(KpBatchWriter *writer)
 {
-	if (writer->count > 0)
-		delivered_writer_flush(writer);
-	kp_indexes_close(&writer->indexes);
+	kp_batch_close(writer);
 	table_close(writer->rel, NoLock);
 }
 
 /* Adds the delivery record of outbox row, reported delivered by report. */
 static void
-delivered_writer_add(KpDeliveredWriter *writer, TupleTableSlot *outbox_row,
+delivered_writer_add(KpBatchWriter *writer, TupleTableSlot *outbox_row,
 					 KpReport *report)
 {
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
 
-	slot = writer->slots[writer->count];
+	slot = kp_batch_next_slot(writer);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
 	memset(nulls, false, DELIVERED_NATTS * sizeof(bool));
@@ -441,8 +460,7 @@ delivered_writer_add(KpDeliveredWriter *writer, TupleTableSlot *outbox_row,
 	ExecStoreVirtualTuple(slot);
 	/* the outbox row's buffer is released before the chunk is written */
 	ExecMaterializeSlot(slot);
-	if (++writer->count == KP_DELIVERED_CHUNK)
-		delivered_writer_flush(writer);
+	kp_batch_added(writer);
 }
 
 static bool
@@ -506,7 +524,7 @@ record_delivered(KpReportBuffer *buf, int count)
 	Relation	primary_key = index_open(RelationGetPrimaryKeyIndex(outbox),
 										 AccessShareLock);
 	TupleTableSlot *outbox_row = table_slot_create(outbox, NULL);
-	KpDeliveredWriter writer;
+	KpBatchWriter writer;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(outbox);
 	int64	   *ids = palloc(count * sizeof(int64));
 	int			recorded = 0;

@@ -299,7 +299,8 @@ append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 		if (!first)
 			appendStringInfoChar(out, ',');
 		first = false;
-		appendStringInfo(out, "%s:", pub->names[i]);
+		appendStringInfoString(out, pub->names[i]);
+		appendStringInfoChar(out, ':');
 		kp_json_append_value(out, &pub->columns[i], value, isnull, pub->time_format);
 	}
 	appendStringInfoChar(out, '}');
@@ -318,7 +319,10 @@ event_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 		bool		isnull;
 		Datum		value = heap_getattr(tuple, i + 1, desc, &isnull);
 
-		appendStringInfo(&out, "%s%s:", k ? "," : "", pub->names[i]);
+		if (k > 0)
+			appendStringInfoChar(&out, ',');
+		appendStringInfoString(&out, pub->names[i]);
+		appendStringInfoChar(&out, ':');
 		kp_json_append_value(&out, &pub->columns[i], value, isnull, pub->time_format);
 	}
 	appendStringInfoChar(&out, '}');
@@ -329,6 +333,15 @@ static int64
 epoch_ms(TimestampTz ts)
 {
 	return ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+}
+
+static void
+append_member_int(StringInfo out, const char *name, int64 value)
+{
+	char		digits[MAXINT8LEN + 1];
+
+	appendStringInfoString(out, name);
+	appendBinaryStringInfo(out, digits, pg_lltoa(value, digits));
 }
 
 static bytea *
@@ -342,13 +355,18 @@ event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	append_row(&out, pub, desc, before);
 	appendStringInfoString(&out, ",\"after\":");
 	append_row(&out, pub, desc, after);
-	appendStringInfo(&out, ",\"source\":{%s,\"ts_ms\":" INT64_FORMAT
-					 ",\"snapshot\":\"%s\",\"txId\":%u,\"lsn\":" UINT64_FORMAT
-					 ",\"xmin\":null},\"op\":\"%c\",\"ts_ms\":" INT64_FORMAT "}",
-					 pub->source, epoch_ms(GetCurrentStatementStartTimestamp()),
-					 op == 'r' ? "true" : "false", GetTopTransactionId(),
-					 (uint64) GetXLogInsertRecPtr(), op,
-					 epoch_ms(GetCurrentTimestamp()));
+	/* no appendStringInfo: its formatting showed in profiles */
+	appendStringInfoString(&out, ",\"source\":{");
+	appendStringInfoString(&out, pub->source);
+	append_member_int(&out, ",\"ts_ms\":", epoch_ms(GetCurrentStatementStartTimestamp()));
+	appendStringInfoString(&out, op == 'r' ? ",\"snapshot\":\"true\"" :
+						   ",\"snapshot\":\"false\"");
+	append_member_int(&out, ",\"txId\":", GetTopTransactionId());
+	append_member_int(&out, ",\"lsn\":", (int64) GetXLogInsertRecPtr());
+	appendStringInfoString(&out, ",\"xmin\":null},\"op\":\"");
+	appendStringInfoChar(&out, op);
+	append_member_int(&out, "\",\"ts_ms\":", epoch_ms(GetCurrentTimestamp()));
+	appendStringInfoChar(&out, '}');
 	return finish_bytes(&out);
 }
 
@@ -362,7 +380,7 @@ enqueue_event(KpPublication *pub, bytea *key, bytea *value)
 	msg.value = value;
 	msg.partition = RD_KAFKA_PARTITION_UA;
 	msg.headers = NULL;
-	kp_enqueue(&msg);
+	kp_enqueue_buffered(&msg);
 }
 
 /* An event for one row; a delete is followed by a tombstone if wanted. */
@@ -435,8 +453,9 @@ publish_truncate(KpPublication *pub, TupleDesc desc)
 }
 
 /*
- * AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, and AFTER TRUNCATE FOR
- * EACH STATEMENT, on a published table.
+ * AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, and FOR EACH STATEMENT
+ * (to write the statement's events), and AFTER TRUNCATE, on a published
+ * table.
  */
 Datum
 kafka_publish_trigger(PG_FUNCTION_ARGS)
@@ -455,7 +474,7 @@ kafka_publish_trigger(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
 		publish_truncate(pub, desc);
 	else if (!TRIGGER_FIRED_FOR_ROW(event))
-		elog(ERROR, "kafka_publish_trigger must fire for each row, or for TRUNCATE");
+		kp_enqueue_flush();		/* after the statement's row triggers */
 	else if (TRIGGER_FIRED_BY_INSERT(event))
 	{
 		if (passes_filter(pub, desc, trigdata->tg_trigtuple))
@@ -508,6 +527,7 @@ kafka_snapshot(PG_FUNCTION_ARGS)
 		count++;
 	}
 	table_endscan(scan);
+	kp_enqueue_flush();
 	UnregisterSnapshot(snapshot);
 	table_close(rel, NoLock);
 	PG_RETURN_INT64(count);
