@@ -415,6 +415,10 @@ BEGIN
 END
 $$;
 
+/* Prepares a publication's encoders, to report now what would fail later. */
+CREATE FUNCTION kafka.check_publication(tbl regclass) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_publication';
+
 CREATE FUNCTION kafka.check_topic_name(topic text) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_topic_name';
 
@@ -461,10 +465,10 @@ BEGIN
 			USING ERRCODE = 'wrong_object_type',
 				  DETAIL = 'The worker cannot see other sessions'' temporary tables; publish a regular table.';
 	END IF;
-	IF format IS DISTINCT FROM 'json' THEN
+	IF format IS NULL OR format NOT IN ('json', 'avro') THEN
 		RAISE EXCEPTION 'unknown format "%"', format
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Valid formats: json.';
+				  HINT = 'Valid formats: json, avro.';
 	END IF;
 	IF time_format IS NULL OR time_format NOT IN ('iso', 'epoch') THEN
 		RAISE EXCEPTION 'unknown time_format "%"', time_format
@@ -523,6 +527,7 @@ BEGIN
 				   'FOR EACH ROW EXECUTE FUNCTION kafka.publish_trigger()', tbl);
 	EXECUTE format('CREATE TRIGGER kafka_publish_truncate AFTER TRUNCATE ON %s '
 				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	PERFORM kafka.check_publication(tbl);
 	IF snapshot THEN
 		PERFORM @extschema@.kafka_snapshot(tbl);
 	END IF;
@@ -577,3 +582,4 @@ REVOKE ALL ON FUNCTION kafka_snapshot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_publication(regclass) FROM PUBLIC;

@@ -124,6 +124,31 @@ DROP TRIGGER zz_side_effect ON existing;
 DROP TABLE side;
 DROP FUNCTION side_effect();
 
+-- format avro: single-object encoded events, schemas in kafka.schemas
+CREATE TABLE avro_cdc (id int PRIMARY KEY, name text NOT NULL, price numeric(6, 2), hidden text);
+SELECT kafka_publish('avro_cdc', format => 'avro', columns => ARRAY['id', 'name', 'price']);
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO avro_cdc VALUES (1, 'one', 1.5, 'secret');
+UPDATE avro_cdc SET price = NULL;
+DELETE FROM avro_cdc;
+SELECT id - :start AS n, encode(substring(value from 1 for 2), 'hex') AS magic,
+	   s.subject AS value_schema, encode(substring(key from 1 for 2), 'hex') AS key_magic,
+	   k.subject AS key_schema
+  FROM kafka.outbox o
+  LEFT JOIN kafka.schemas s ON s.fingerprint = substring(o.value from 3 for 8)
+  LEFT JOIN kafka.schemas k ON k.fingerprint = substring(o.key from 3 for 8)
+ WHERE o.id > :start AND o.topic = 'public.avro_cdc' ORDER BY o.id;
+SELECT subject, schema->>'name' AS name,
+	   jsonb_path_query_array(schema, '$.fields[*].name') AS fields
+  FROM kafka.schemas WHERE subject LIKE 'public.avro_cdc-%' ORDER BY subject;
+SELECT jsonb_path_query_array(schema, '$.fields[0].type[1].fields[*].name') AS value_fields
+  FROM kafka.schemas WHERE subject = 'public.avro_cdc-value';
+CREATE TABLE avro_bad (id int PRIMARY KEY, spot point);
+SELECT kafka_publish('avro_bad', format => 'avro');
+SELECT kafka_publish('avro_bad', format => 'avro', columns => ARRAY['id']);
+SELECT "table", format, columns FROM kafka.publications WHERE "table" = 'avro_bad'::regclass;
+DROP TABLE avro_cdc, avro_bad;
+
 -- unpublish
 SELECT kafka_unpublish('existing');
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'existing'::regclass;

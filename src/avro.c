@@ -35,6 +35,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -95,6 +96,7 @@ struct KpAvroSchema
 {
 	KpAvroKey	key;			/* hash key */
 	bool		is_record;
+	struct KpAvroSchema *row;	/* an envelope: its before/after record */
 	int			nfields;
 	KpAvroField *fields;		/* a record's columns, by attribute number */
 	KpAvroType	scalar;			/* not a record: the one value's type */
@@ -331,12 +333,53 @@ append_type_json(StringInfo out, KpAvroType *type, const char *name,
 	}
 }
 
+static char *schema_json(KpAvroSchema *schema, const char *name, bool canonical);
+
+/*
+ * Debezium's envelope: before and after (the row record, nullable),
+ * source, op and ts_ms.
+ */
+static char *
+envelope_json(KpAvroSchema *envelope, const char *name, bool canonical)
+{
+	StringInfoData out;
+	char	   *row_record_name = psprintf("%.*s.Value",
+										   (int) (strlen(name) - strlen(".Envelope")),
+										   name);
+	const char *nullable_default = canonical ? "" : ",\"default\":null";
+
+	initStringInfo(&out);
+	appendStringInfo(&out,
+					 "{\"name\":\"%s\",\"type\":\"record\",\"fields\":["
+					 "{\"name\":\"before\",\"type\":[\"null\",%s]%s},"
+					 "{\"name\":\"after\",\"type\":[\"null\",\"%s\"]%s},"
+					 "{\"name\":\"source\",\"type\":{\"name\":\"%s.Source\",\"type\":\"record\",\"fields\":["
+					 "{\"name\":\"version\",\"type\":\"string\"},"
+					 "{\"name\":\"connector\",\"type\":\"string\"},"
+					 "{\"name\":\"name\",\"type\":\"string\"},"
+					 "{\"name\":\"ts_ms\",\"type\":\"long\"},"
+					 "{\"name\":\"snapshot\",\"type\":\"string\"},"
+					 "{\"name\":\"db\",\"type\":\"string\"},"
+					 "{\"name\":\"schema\",\"type\":\"string\"},"
+					 "{\"name\":\"table\",\"type\":\"string\"},"
+					 "{\"name\":\"txId\",\"type\":\"long\"},"
+					 "{\"name\":\"lsn\",\"type\":\"long\"}]}},"
+					 "{\"name\":\"op\",\"type\":\"string\"},"
+					 "{\"name\":\"ts_ms\",\"type\":\"long\"}]}",
+					 name, schema_json(envelope->row, row_record_name, canonical),
+					 nullable_default, row_record_name, nullable_default,
+					 KP_AVRO_NAMESPACE);
+	return out.data;
+}
+
 static char *
 schema_json(KpAvroSchema *schema, const char *name, bool canonical)
 {
 	StringInfoData out;
 
 	initStringInfo(&out);
+	if (schema->row != NULL)
+		return envelope_json(schema, name, canonical);
 	if (!schema->is_record)
 	{
 		append_type_json(&out, &schema->scalar, name, canonical);
@@ -389,7 +432,7 @@ avro_fingerprint(const char *canonical)
 }
 
 static void
-derive_fields(KpAvroSchema *schema, TupleDesc desc)
+derive_fields(KpAvroSchema *schema, TupleDesc desc, const bool *include)
 {
 	schema->is_record = true;
 	schema->nfields = desc->natts;
@@ -399,7 +442,7 @@ derive_fields(KpAvroSchema *schema, TupleDesc desc)
 		Form_pg_attribute attr = TupleDescAttr(desc, i);
 		KpAvroField *field = &schema->fields[i];
 
-		if (attr->attisdropped)
+		if (attr->attisdropped || (include != NULL && !include[i]))
 			continue;
 		field->name = avro_name(NameStr(attr->attname));
 		for (int j = 0; j < i; j++)
@@ -503,7 +546,7 @@ kp_avro_schema(Oid typid, bool is_key)
 	schema = palloc0(sizeof(KpAvroSchema));
 	name = schema_name(typid, is_key);
 	if (typentry != NULL)
-		derive_fields(schema, typentry->tupDesc);
+		derive_fields(schema, typentry->tupDesc, NULL);
 	else
 		derive_type(typid, -1, NULL, &schema->scalar);
 	schema->json = schema_json(schema, name, false);
@@ -743,6 +786,29 @@ set_value(avro_value_t *out, KpAvroType *type, Datum value)
 	}
 }
 
+/* The fields of a row record, from a tuple of the table or type. */
+static void
+set_record_fields(avro_value_t *record, KpAvroSchema *schema, TupleDesc desc,
+				  HeapTuple tuple)
+{
+	for (int i = 0; i < schema->nfields; i++)
+	{
+		KpAvroField *field = &schema->fields[i];
+		avro_value_t out;
+		bool		isnull;
+		Datum		value;
+
+		if (field->name == NULL)
+			continue;
+		value = heap_getattr(tuple, i + 1, desc, &isnull);
+		check_avro(avro_value_get_by_name(record, field->name, &out, NULL));
+		if (field->nullable)
+			set_nullable(&out, &field->type, value, isnull);
+		else
+			set_value(&out, &field->type, value);
+	}
+}
+
 static void
 set_record(KpAvroSchema *schema, HeapTupleHeader record)
 {
@@ -754,41 +820,18 @@ set_record(KpAvroSchema *schema, HeapTupleHeader record)
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
 	tuple.t_data = record;
-	for (int i = 0; i < schema->nfields; i++)
-	{
-		KpAvroField *field = &schema->fields[i];
-		avro_value_t out;
-		bool		isnull;
-		Datum		value;
-
-		if (field->name == NULL)
-			continue;
-		value = heap_getattr(&tuple, i + 1, desc, &isnull);
-		check_avro(avro_value_get_by_name(&schema->value, field->name, &out, NULL));
-		if (field->nullable)
-			set_nullable(&out, &field->type, value, isnull);
-		else
-			set_value(&out, &field->type, value);
-	}
+	set_record_fields(&schema->value, schema, desc, &tuple);
 	ReleaseTupleDesc(desc);
 }
 
-/*
- * Encodes value with schema after header_len bytes left for the caller;
- * returns the bytea.
- */
-bytea *
-kp_avro_encode(KpAvroSchema *schema, Datum value, int header_len)
+/* schema's value, filled, in Avro binary after header_len bytes */
+static bytea *
+write_value(KpAvroSchema *schema, int header_len)
 {
 	size_t		size;
 	bytea	   *result;
 	avro_writer_t writer;
 
-	check_avro(avro_value_reset(&schema->value));
-	if (schema->is_record)
-		set_record(schema, DatumGetHeapTupleHeader(value));
-	else
-		set_value(&schema->value, &schema->scalar, value);
 	check_avro(avro_value_sizeof(&schema->value, &size));
 	result = palloc(VARHDRSZ + header_len + size);
 	SET_VARSIZE(result, VARHDRSZ + header_len + size);
@@ -800,4 +843,151 @@ kp_avro_encode(KpAvroSchema *schema, Datum value, int header_len)
 	}
 	avro_writer_free(writer);
 	return result;
+}
+
+/*
+ * Encodes value with schema after header_len bytes left for the caller;
+ * returns the bytea.
+ */
+bytea *
+kp_avro_encode(KpAvroSchema *schema, Datum value, int header_len)
+{
+	check_avro(avro_value_reset(&schema->value));
+	if (schema->is_record)
+		set_record(schema, DatumGetHeapTupleHeader(value));
+	else
+		set_value(&schema->value, &schema->scalar, value);
+	return write_value(schema, header_len);
+}
+
+/* ---------------------------------------------------------------------
+ * Change events
+ * ---------------------------------------------------------------------
+ */
+
+/* avro-c's objects go when the context holding the schema is reset */
+static void
+free_avro_objects(void *arg)
+{
+	KpAvroSchema *schema = arg;
+
+	avro_value_decref(&schema->value);
+	avro_value_iface_decref(schema->iface);
+	avro_schema_decref(schema->avro_schema);
+}
+
+static KpAvroSchema *
+finish_schema(KpAvroSchema *schema, const char *name)
+{
+	MemoryContextCallback *callback = palloc(sizeof(MemoryContextCallback));
+
+	schema->json = schema_json(schema, name, false);
+	schema->canonical = schema_json(schema, name, true);
+	schema->fingerprint = avro_fingerprint(schema->canonical);
+	build_avro_value(schema);
+	callback->func = free_avro_objects;
+	callback->arg = schema;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, callback);
+	return schema;
+}
+
+/*
+ * The record of a table's columns marked in include, named
+ * <prefix>.<schema>.<table>.<suffix>; freed with CurrentMemoryContext.
+ * An ERROR names a column whose type has no Avro mapping.
+ */
+KpAvroSchema *
+kp_avro_row_schema(Relation rel, const bool *include, const char *suffix)
+{
+	KpAvroSchema *schema = palloc0(sizeof(KpAvroSchema));
+
+	derive_fields(schema, RelationGetDescr(rel), include);
+	return finish_schema(schema, psprintf("%s.%s.%s.%s", KP_AVRO_NAMESPACE,
+										  avro_name(get_namespace_name(RelationGetNamespace(rel))),
+										  avro_name(RelationGetRelationName(rel)),
+										  suffix));
+}
+
+/* Debezium's envelope around row, a kp_avro_row_schema(..., "Value"). */
+KpAvroSchema *
+kp_avro_envelope_schema(Relation rel, KpAvroSchema *row)
+{
+	KpAvroSchema *schema = palloc0(sizeof(KpAvroSchema));
+
+	schema->is_record = true;
+	schema->row = row;
+	return finish_schema(schema, psprintf("%s.%s.%s.Envelope", KP_AVRO_NAMESPACE,
+										  avro_name(get_namespace_name(RelationGetNamespace(rel))),
+										  avro_name(RelationGetRelationName(rel))));
+}
+
+/* A row record (a key) of tuple, after header_len bytes. */
+bytea *
+kp_avro_encode_row(KpAvroSchema *schema, TupleDesc desc, HeapTuple tuple,
+				   int header_len)
+{
+	check_avro(avro_value_reset(&schema->value));
+	set_record_fields(&schema->value, schema, desc, tuple);
+	return write_value(schema, header_len);
+}
+
+static void
+set_image(KpAvroSchema *envelope, const char *name, TupleDesc desc,
+		  HeapTuple tuple)
+{
+	avro_value_t field;
+	avro_value_t branch;
+
+	check_avro(avro_value_get_by_name(&envelope->value, name, &field, NULL));
+	check_avro(avro_value_set_branch(&field, tuple ? 1 : 0, &branch));
+	if (tuple == NULL)
+		check_avro(avro_value_set_null(&branch));
+	else
+		set_record_fields(&branch, envelope->row, desc, tuple);
+}
+
+static void
+set_string_member(avro_value_t *record, const char *name, const char *value)
+{
+	avro_value_t field;
+
+	check_avro(avro_value_get_by_name(record, name, &field, NULL));
+	check_avro(avro_value_set_string(&field, value));
+}
+
+static void
+set_long_member(avro_value_t *record, const char *name, int64 value)
+{
+	avro_value_t field;
+
+	check_avro(avro_value_get_by_name(record, name, &field, NULL));
+	check_avro(avro_value_set_long(&field, value));
+}
+
+/* A change event in the envelope, after header_len bytes. */
+bytea *
+kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
+					 HeapTuple after, const KpAvroSource *source, char op,
+					 int header_len)
+{
+	avro_value_t record;
+	char		op_string[2] = {op, '\0'};
+
+	check_avro(avro_value_reset(&envelope->value));
+	set_image(envelope, "before", desc, before);
+	set_image(envelope, "after", desc, after);
+	check_avro(avro_value_get_by_name(&envelope->value, "source", &record, NULL));
+	set_string_member(&record, "version", source->version);
+	set_string_member(&record, "connector", "postgresql");
+	set_string_member(&record, "name", source->name);
+	set_long_member(&record, "ts_ms", source->ts_ms);
+	set_string_member(&record, "snapshot", op == 'r' ? "true" : "false");
+	set_string_member(&record, "db", source->db);
+	set_string_member(&record, "schema", source->schema);
+	set_string_member(&record, "table", source->table);
+	set_long_member(&record, "txId", source->txid);
+	set_long_member(&record, "lsn", source->lsn);
+	set_string_member(&envelope->value, "op", op_string);
+	set_long_member(&envelope->value, "ts_ms", source->event_ts_ms);
+	return write_value(envelope, header_len);
 }

@@ -11,12 +11,43 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
+#include "utils/relcache.h"
+
 /* the namespace every derived schema's name starts with */
 #define KP_AVRO_NAMESPACE "kafka_producer"
 
 typedef struct KpAvroSchema KpAvroSchema;
 
+/* the members of a change event's "source" that vary */
+typedef struct KpAvroSource
+{
+	const char *version;
+	const char *name;
+	const char *db;
+	const char *schema;
+	const char *table;
+	int64		ts_ms;
+	int64		txid;
+	int64		lsn;
+	int64		event_ts_ms;
+} KpAvroSource;
+
+/* single-object encoding: 0xC3 0x01 and the 8-byte fingerprint */
+#define KP_SINGLE_OBJECT_HEADER 10
+
 extern KpAvroSchema *kp_avro_schema(Oid typid, bool is_key);
+extern KpAvroSchema *kp_avro_row_schema(Relation rel, const bool *include,
+										const char *suffix);
+extern KpAvroSchema *kp_avro_envelope_schema(Relation rel, KpAvroSchema *row);
+extern bytea *kp_avro_encode_row(KpAvroSchema *schema, TupleDesc desc,
+								 HeapTuple tuple, int header_len);
+extern bytea *kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc,
+								   HeapTuple before, HeapTuple after,
+								   const KpAvroSource *source, char op,
+								   int header_len);
+extern bytea *kp_avro_single_object(KpAvroSchema *schema, bytea *encoded,
+									text *topic, bool is_key);
 extern const char *kp_avro_schema_json(KpAvroSchema *schema);
 extern uint64 kp_avro_schema_fingerprint(KpAvroSchema *schema);
 extern bytea *kp_avro_encode(KpAvroSchema *schema, Datum value, int header_len);

@@ -43,11 +43,13 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "avro_schema.h"
 #include "change_json.h"
 #include "kafka_producer.h"
 
 PG_FUNCTION_INFO_V1(kafka_publish_trigger);
 PG_FUNCTION_INFO_V1(kafka_snapshot);
+PG_FUNCTION_INFO_V1(kafka_check_publication);
 
 #define KP_SOURCE_VERSION "0.1.0"
 
@@ -68,6 +70,10 @@ typedef struct KpPublication
 	int			nkeys;
 	AttrNumber *keys;
 	char	   *source;			/* the constant members of "source" */
+	bool		avro;			/* format avro, else json */
+	KpAvroSchema *avro_key;
+	KpAvroSchema *avro_value;	/* the envelope */
+	KpAvroSource avro_source;	/* its constant members */
 } KpPublication;
 
 static HTAB *publications = NULL;
@@ -123,7 +129,7 @@ load_options(KpPublication *pub, Relation rel)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
-							  "  time_format, row_filter_function "
+							  "  time_format, row_filter_function, format = 'avro' "
 							  "FROM kafka.publication WHERE relid = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kafka.publication");
@@ -158,7 +164,31 @@ load_options(KpPublication *pub, Relation rel)
 	pub->filter = DatumGetObjectId(SPI_getbinval(row, desc, 6, &isnull));
 	if (isnull)
 		pub->filter = InvalidOid;
+	pub->avro = DatumGetBool(SPI_getbinval(row, desc, 7, &isnull));
 	SPI_finish();
+}
+
+/*
+ * The Avro schemas of rel's events: the key columns as .Key, the published
+ * columns as .Value inside the .Envelope.  An ERROR names a column whose
+ * type has no Avro mapping.
+ */
+static void
+prepare_avro(KpPublication *pub, Relation rel)
+{
+	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+
+	for (int k = 0; k < pub->nkeys; k++)
+		is_key[pub->keys[k] - 1] = true;
+	pub->avro_key = kp_avro_row_schema(rel, is_key, "Key");
+	pub->avro_value = kp_avro_envelope_schema(rel,
+											  kp_avro_row_schema(rel, pub->published,
+																 "Value"));
+	pub->avro_source.version = KP_SOURCE_VERSION;
+	pub->avro_source.name = get_database_name(MyDatabaseId);
+	pub->avro_source.db = pub->avro_source.name;
+	pub->avro_source.schema = get_namespace_name(RelationGetNamespace(rel));
+	pub->avro_source.table = pstrdup(RelationGetRelationName(rel));
 }
 
 /* The column encoders, names and "source" constants for rel's columns. */
@@ -201,6 +231,8 @@ prepare_columns(KpPublication *pub, Relation rel)
 					 json_string(get_namespace_name(RelationGetNamespace(rel))),
 					 json_string(RelationGetRelationName(rel)));
 	pub->source = source.data;
+	if (pub->avro)
+		prepare_avro(pub, rel);
 	if (OidIsValid(pub->filter))
 	{
 		/* the function is polymorphic: its call says the argument's type */
@@ -307,7 +339,7 @@ append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 }
 
 static bytea *
-event_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
+json_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 {
 	StringInfoData out;
 
@@ -345,8 +377,8 @@ append_member_int(StringInfo out, const char *name, int64 value)
 }
 
 static bytea *
-event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
-			HeapTuple after, char op)
+json_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
+		   HeapTuple after, char op)
 {
 	StringInfoData out;
 
@@ -368,6 +400,36 @@ event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	append_member_int(&out, "\",\"ts_ms\":", epoch_ms(GetCurrentTimestamp()));
 	appendStringInfoChar(&out, '}');
 	return finish_bytes(&out);
+}
+
+static bytea *
+event_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
+{
+	if (!pub->avro)
+		return json_key(pub, desc, tuple);
+	return kp_avro_single_object(pub->avro_key,
+								 kp_avro_encode_row(pub->avro_key, desc, tuple,
+													KP_SINGLE_OBJECT_HEADER),
+								 pub->topic, true);
+}
+
+static bytea *
+event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
+			HeapTuple after, char op)
+{
+	KpAvroSource *source = &pub->avro_source;
+
+	if (!pub->avro)
+		return json_value(pub, desc, before, after, op);
+	source->ts_ms = epoch_ms(GetCurrentStatementStartTimestamp());
+	source->txid = GetTopTransactionId();
+	source->lsn = (int64) GetXLogInsertRecPtr();
+	source->event_ts_ms = epoch_ms(GetCurrentTimestamp());
+	return kp_avro_single_object(pub->avro_value,
+								 kp_avro_encode_event(pub->avro_value, desc, before,
+													  after, source, op,
+													  KP_SINGLE_OBJECT_HEADER),
+								 pub->topic, false);
 }
 
 static void
@@ -488,6 +550,23 @@ kafka_publish_trigger(PG_FUNCTION_ARGS)
 	else
 		publish_update(pub, desc, trigdata->tg_trigtuple, trigdata->tg_newtuple);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * kafka.check_publication(tbl regclass): prepares a publication's
+ * encoders once, so that kafka_publish() reports what would fail at the
+ * first change.
+ */
+Datum
+kafka_check_publication(PG_FUNCTION_ARGS)
+{
+	Relation	rel = table_open(PG_GETARG_OID(0), AccessShareLock);
+
+	if (publications != NULL)
+		invalidate_publication((Datum) 0, RelationGetRelid(rel));
+	(void) publication_for(rel);
+	table_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
 }
 
 /*

@@ -25,7 +25,6 @@
 
 PG_FUNCTION_INFO_V1(kafka_send_avro);
 
-#define KP_SINGLE_OBJECT_HEADER 10
 #define KP_SUBJECT_MAX (KP_TOPIC_NAME_MAX + sizeof("-value"))
 
 /* a schema known to be in kafka.schemas under a subject */
@@ -35,7 +34,10 @@ typedef struct KpStoredSchema
 	char		subject[KP_SUBJECT_MAX];
 } KpStoredSchema;
 
-/* committed in kafka.schemas; and written by the current transaction */
+/*
+ * Known to be in kafka.schemas: committed, and written by the current
+ * transaction (a few schemas at most: a list).
+ */
 static HTAB *stored = NULL;
 static List *stored_in_transaction = NIL;
 
@@ -73,6 +75,7 @@ store_schema(KpAvroSchema *schema, const char *subject)
 	Datum		args[3];
 	MemoryContext old;
 	KpStoredSchema *copy;
+	ListCell   *lc;
 
 	if (stored == NULL)
 	{
@@ -89,6 +92,9 @@ store_schema(KpAvroSchema *schema, const char *subject)
 	strlcpy(key.subject, subject, sizeof(key.subject));
 	if (hash_search(stored, &key, HASH_FIND, NULL) != NULL)
 		return;
+	foreach(lc, stored_in_transaction)
+		if (memcmp(lfirst(lc), &key, sizeof(key)) == 0)
+			return;
 
 	args[0] = PointerGetDatum(fingerprint_bytes(key.fingerprint));
 	args[1] = CStringGetTextDatum(subject);
@@ -107,14 +113,17 @@ store_schema(KpAvroSchema *schema, const char *subject)
 	MemoryContextSwitchTo(old);
 }
 
-/* value in single-object encoding, its schema stored under topic-suffix */
-static bytea *
-single_object(Oid typid, Datum value, bool is_key, text *topic)
+/*
+ * Frames encoded, written after KP_SINGLE_OBJECT_HEADER bytes, in
+ * single-object encoding, and stores its schema under <topic>-value or
+ * <topic>-key.
+ */
+bytea *
+kp_avro_single_object(KpAvroSchema *schema, bytea *encoded, text *topic,
+					  bool is_key)
 {
-	KpAvroSchema *schema = kp_avro_schema(typid, is_key);
 	uint64		fingerprint = kp_avro_schema_fingerprint(schema);
-	bytea	   *result = kp_avro_encode(schema, value, KP_SINGLE_OBJECT_HEADER);
-	char	   *data = VARDATA(result);
+	char	   *data = VARDATA(encoded);
 
 	data[0] = (char) 0xC3;
 	data[1] = 0x01;
@@ -122,7 +131,17 @@ single_object(Oid typid, Datum value, bool is_key, text *topic)
 		data[2 + i] = (fingerprint >> (8 * i)) & 0xff;
 	store_schema(schema, psprintf("%s-%s", text_to_cstring(topic),
 								  is_key ? "key" : "value"));
-	return result;
+	return encoded;
+}
+
+static bytea *
+single_object(Oid typid, Datum value, bool is_key, text *topic)
+{
+	KpAvroSchema *schema = kp_avro_schema(typid, is_key);
+
+	return kp_avro_single_object(schema,
+								 kp_avro_encode(schema, value, KP_SINGLE_OBJECT_HEADER),
+								 topic, is_key);
 }
 
 /*

@@ -200,5 +200,22 @@ def consume_all(bootstrap, topic):
         consumer.close()
 
 
+def replay_events(records, decode):
+    """Applies change events, each partition in its order: returns the last
+    image of each row by id, and how many events of each op there were.
+    decode(record) gives an event's envelope; tombstones are skipped."""
+    state, ops = {}, {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if record.value is None:
+            continue
+        event = decode(record)
+        ops[event["op"]] = ops.get(event["op"], 0) + 1
+        if event["op"] == "d":
+            del state[event["before"]["id"]]
+        elif event["op"] != "t":
+            state[event["after"]["id"]] = event["after"]
+    return state, ops
+
+
 def terminate(pid, sig=signal.SIGTERM):
     os.kill(pid, sig)

@@ -8,7 +8,7 @@ import threading
 
 import psycopg2
 
-from harness import consume_all
+from harness import consume_all, replay_events
 
 SOURCE = """CREATE TABLE replay_src (
     id int PRIMARY KEY, name text, qty int, price numeric(10, 2), tags text[],
@@ -119,16 +119,7 @@ def test_snapshot_then_changes(pg, kafka):
     pg.query("UPDATE snap_src SET v = v || '!' WHERE id % 3 = 0")
     pg.query("DELETE FROM snap_src WHERE id % 7 = 0")
     pg.wait_until_final("cdc_snapshot")
-    state = {}
-    ops = {}
-    for r in sorted(consume_all(kafka.bootstrap, "cdc_snapshot"), key=lambda r: (r.partition, r.offset)):
-        if r.value is None:
-            continue
-        event = json.loads(r.value)
-        ops[event["op"]] = ops.get(event["op"], 0) + 1
-        if event["op"] == "d":
-            del state[event["before"]["id"]]
-        else:
-            state[event["after"]["id"]] = event["after"]["v"]
+    state, ops = replay_events(consume_all(kafka.bootstrap, "cdc_snapshot"),
+                               lambda r: json.loads(r.value))
     assert ops == {"r": 500, "u": 500 // 3, "d": 500 // 7}
-    assert state == dict(pg.query("SELECT id, v FROM snap_src"))
+    assert {id_: row["v"] for id_, row in state.items()} == dict(pg.query("SELECT id, v FROM snap_src"))
