@@ -451,7 +451,12 @@ BEGIN
 	filter_name := format('kafka.%I', 'row_filter_' || tbl::oid);
 	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
 	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-	IF rel.relkind NOT IN ('r', 'p') THEN
+	IF rel.relkind = 'p' THEN
+		RAISE EXCEPTION 'cannot publish partitioned table %', tbl
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Publish each partition.';
+	END IF;
+	IF rel.relkind <> 'r' THEN
 		RAISE EXCEPTION 'cannot publish "%"', tbl
 			USING ERRCODE = 'wrong_object_type',
 				  DETAIL = format('It is %s; only tables can be published.',

@@ -1,6 +1,9 @@
 -- kafka_publish(): change events of a table, as the worker would send them.
 -- The volatile members of each event (ts_ms, txId, lsn) are shown as 0.
 
+-- CONTEXT lines would name line numbers of kafka_publish()
+\set SHOW_CONTEXT never
+
 CREATE FUNCTION events(since bigint)
 RETURNS TABLE (n bigint, topic text, key text, value text)
 LANGUAGE sql AS $$
@@ -175,6 +178,9 @@ CREATE VIEW a_view AS SELECT 1 AS id;
 SELECT kafka_publish('a_view');
 CREATE MATERIALIZED VIEW a_matview AS SELECT 1 AS id;
 SELECT kafka_publish('a_matview');
+CREATE TABLE a_partitioned (id int PRIMARY KEY) PARTITION BY RANGE (id);
+SELECT kafka_publish('a_partitioned');
+DROP TABLE a_partitioned;
 CREATE TEMPORARY TABLE a_temp (id int PRIMARY KEY);
 SELECT kafka_publish('a_temp');
 SELECT kafka_publish('"odd ""name"""');
