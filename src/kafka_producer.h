@@ -309,8 +309,8 @@ extern void kp_batch_close(KpBatchWriter *writer);
 extern bool kp_outbox_present(void);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
-extern int64 kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf,
-								  bool *queue_full);
+extern int64 kp_outbox_send_batch(int64 after_id, int max_messages,
+								  KpReportBuffer *buf, bool *queue_full);
 extern void kp_outbox_record(KpReportBuffer *buf);
 extern void kp_outbox_prune(void);
 

@@ -229,7 +229,8 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 
 /*
  * Sends the messages after after_id in id order, skipping those already
- * in flight, until a batch is full or librdkafka's queue is.  Returns the
+ * in flight, until max_messages are sent, a batch is full or librdkafka's
+ * queue is.  Returns the
  * id up to which everything is now in flight or done: the next scan
  * starts after it.
  *
@@ -239,7 +240,8 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
  * each batch made draining a million messages five times slower.
  */
 int64
-kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf, bool *queue_full)
+kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
+					 bool *queue_full)
 {
 	Relation	rel = kp_outbox_open(AccessShareLock);
 	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel),
@@ -255,11 +257,12 @@ kp_outbox_send_batch(int64 after_id, KpReportBuffer *buf, bool *queue_full)
 	size_t		bytes = 0;
 
 	*queue_full = false;
+	max_messages = Min(max_messages, KP_BATCH_MESSAGES);
 	ScanKeyInit(&key, 1, BTGreaterStrategyNumber, F_INT8GT,
 				Int64GetDatum(after_id));
 	index_rescan(scan, &key, 1, NULL, 0);
 
-	while (sent < KP_BATCH_MESSAGES && bytes < KP_BATCH_BYTES &&
+	while (sent < max_messages && bytes < KP_BATCH_BYTES &&
 		   index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		int64		id;

@@ -53,6 +53,7 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
  * Messages handed to librdkafka but not yet recorded.  Recording is the
  * slower half of the pipeline, so a few batches keep librdkafka busy; more
  * would only widen what a crash resends (acknowledged, not yet recorded).
+ * A hard cap: a batch never takes the count past it.
  */
 #define KP_MAX_IN_FLIGHT 30000
 
@@ -350,7 +351,9 @@ send_step(void)
 	send_last = send_from;
 	extension_present = kp_outbox_present();
 	if (extension_present)
-		send_last = kp_outbox_send_batch(send_from, &reports, &queue_full);
+		send_last = kp_outbox_send_batch(send_from,
+										 KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
+										 &reports, &queue_full);
 	end_transaction();
 }
 
