@@ -42,6 +42,10 @@ CREATE TYPE point2 AS (x int, y int);
 SELECT kafka_send_avro('avro_points', ROW(1, 2)::point2) > 0 AS sent;
 SELECT subject, schema FROM kafka.schemas WHERE subject LIKE 'avro_points%';
 
+-- an untyped literal is a string, as for kafka_send()
+SELECT kafka_send_avro('avro_points', ROW(3, 4)::point2, key => 'k') > 0 AS sent;
+SELECT schema FROM kafka.schemas WHERE subject = 'avro_points-key';
+
 -- bad input
 SELECT kafka_send_avro('avro_rows', ROW(1, 'x'));
 CREATE TABLE unsupported (id int, spot point);

@@ -137,7 +137,15 @@ kp_avro_single_object(KpAvroSchema *schema, bytea *encoded, text *topic,
 static bytea *
 single_object(Oid typid, Datum value, bool is_key, text *topic)
 {
-	KpAvroSchema *schema = kp_avro_schema(typid, is_key);
+	KpAvroSchema *schema;
+
+	/* an untyped literal is text, as it is for kafka_send() */
+	if (typid == UNKNOWNOID)
+	{
+		typid = TEXTOID;
+		value = CStringGetTextDatum(DatumGetCString(value));
+	}
+	schema = kp_avro_schema(typid, is_key);
 
 	return kp_avro_single_object(schema,
 								 kp_avro_encode(schema, value, KP_SINGLE_OBJECT_HEADER),
