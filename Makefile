@@ -17,7 +17,8 @@ OBJS = \
 	src/avro.o \
 	src/send_avro.o \
 	src/change_json.o \
-	src/publish.o
+	src/publish.o \
+	src/schema_registry.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
@@ -27,9 +28,10 @@ REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_
 
 KAFKA_PKGS = rdkafka
 AVRO_PKGS = avro-c
-PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS) $(AVRO_PKGS))
+CURL_PKGS = libcurl
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(KAFKA_PKGS) $(AVRO_PKGS) $(CURL_PKGS))
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
-SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS) $(AVRO_PKGS))
+SHLIB_LINK = $(shell pkg-config --libs $(KAFKA_PKGS) $(AVRO_PKGS) $(CURL_PKGS))
 
 EXTRA_CLEAN = test/mock_cluster test/produce_flush tmp_check results regression.diffs regression.out
 

@@ -35,6 +35,12 @@ ALTER SYSTEM SET kafka.linger_ms = '20ms';
 ALTER SYSTEM SET kafka.compression_type = 'zstd';
 ALTER SYSTEM SET kafka.acks = 'all';
 ALTER SYSTEM SET kafka.status_retention = '2h';
+-- the schema registry: an http(s) URL, trailing slashes dropped
+ALTER SYSTEM SET kafka.schema_registry_url = 'registry:8081';
+ALTER SYSTEM SET kafka.schema_registry_url = 'ftp://registry:8081';
+SET kafka.schema_registry_url = 'http://registry:8081';
+ALTER SYSTEM SET kafka.schema_registry_url = 'https://registry.example.com:8081//';
+ALTER SYSTEM SET kafka.schema_registry_user_info = 'user:secret';
 ALTER SYSTEM RESET ALL;
 
 -- the pass-through may hold credentials: superusers only
@@ -42,6 +48,9 @@ CREATE ROLE kafka_reader;
 SET ROLE kafka_reader;
 SHOW kafka.producer_properties;
 SELECT count(*) FROM pg_settings WHERE name = 'kafka.producer_properties';
+SHOW kafka.schema_registry_user_info;
+SELECT count(*) FROM pg_settings WHERE name = 'kafka.schema_registry_user_info';
+SHOW kafka.schema_registry_url;
 SHOW kafka.acks;
 RESET ROLE;
 DROP ROLE kafka_reader;

@@ -169,6 +169,25 @@ rdkafka_accepts(const char *setting, const char *property, const char *value)
 	return false;
 }
 
+/* an http or https URL, kept without a trailing slash */
+static bool
+check_schema_registry_url(char **newval, void **extra, GucSource source)
+{
+	size_t		len;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (strncmp(*newval, "http://", 7) != 0 && strncmp(*newval, "https://", 8) != 0)
+	{
+		GUC_check_errdetail("The schema registry URL must start with http:// or https://.");
+		return false;
+	}
+	len = strlen(*newval);
+	while (len > 0 && (*newval)[len - 1] == '/')
+		(*newval)[--len] = '\0';
+	return true;
+}
+
 static bool
 check_producer_properties(char **newval, void **extra, GucSource source)
 {
@@ -415,6 +434,18 @@ kp_guc_init(void)
 							NULL, &kp_status_retention, kp_status_retention,
 							-1, INT_MAX, PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kafka.schema_registry_url",
+							   "Confluent Schema Registry that Avro messages' schemas are registered with.",
+							   "When set, Avro messages are sent in Confluent's wire format (magic byte 0, 4-byte schema id); when empty, in Avro single-object encoding.",
+							   &kp_schema_registry_url, "",
+							   PGC_SIGHUP, 0, check_schema_registry_url, NULL, NULL);
+	DefineCustomStringVariable("kafka.schema_registry_user_info",
+							   "Basic authentication for the schema registry, as user:password.",
+							   "Visible to superusers only.",
+							   &kp_schema_registry_user_info, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kafka");
 }

@@ -130,6 +130,22 @@ extern long kp_sync_ms_until_record(void);
 extern int	kp_sync_record(void);
 extern void kp_sync_forget_recorded(void);
 
+/* schema_registry.c: Avro messages in Confluent's wire format */
+typedef enum KpRegistryResult
+{
+	KP_REGISTRY_AS_IS,			/* not Avro with a stored schema: send as is */
+	KP_REGISTRY_FRAMED,			/* now in Confluent's wire format */
+	KP_REGISTRY_UNAVAILABLE,	/* registry out of reach: hold it back */
+	KP_REGISTRY_REFUSED			/* the registry refused its schema */
+} KpRegistryResult;
+
+extern char *kp_schema_registry_url;
+extern char *kp_schema_registry_user_info;
+extern bool kp_registry_enabled(void);
+extern KpRegistryResult kp_registry_frame(const char *topic, bool is_key,
+										  const char **data, size_t *len,
+										  const char **refusal);
+
 /* topic_config.c: kafka.topic_config */
 extern void kp_topic_config_load(void);
 extern bool kp_topic_config_changed(void);
@@ -192,6 +208,9 @@ typedef struct KpReport
 	int32		partition;
 	int64		offset;			/* -1 when the broker gave none (acks=0) */
 	rd_kafka_resp_err_t err;
+	/* for a failure of our own, not Kafka's: what err would say */
+	const char *error_name;
+	const char *error_text;
 } KpReport;
 
 typedef struct KpReportBuffer
@@ -199,6 +218,7 @@ typedef struct KpReportBuffer
 	KpReport   *reports;
 	int			count;
 	int			capacity;
+	MemoryContext texts;		/* the reports' error_name and error_text */
 } KpReportBuffer;
 
 /* which version of a kafka.outbox row was read, and where */
@@ -225,7 +245,8 @@ typedef enum KpSendResult
 {
 	KP_SEND_QUEUED,				/* in flight; a report will follow */
 	KP_SEND_QUEUE_FULL,			/* try again after reports drained */
-	KP_SEND_REFUSED				/* a KP_FAILED report was added */
+	KP_SEND_REFUSED,			/* a KP_FAILED report was added */
+	KP_SEND_HELD_BACK			/* not sent, nor those after it, for now */
 } KpSendResult;
 
 extern rd_kafka_t *kp_kafka_new(int linger_ms, bool stats,
@@ -248,9 +269,15 @@ extern bool kp_producer_is_in_flight(int64 id);
 extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
 extern void kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
+extern KpSendResult kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf,
+									   const char *error_name,
+									   const char *error_text);
 extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 						  int32 partition, int64 offset,
 						  rd_kafka_resp_err_t err);
+extern void kp_report_clear(KpReportBuffer *buf);
+extern const char *kp_report_error_name(KpReport *report);
+extern const char *kp_report_error_text(KpReport *report);
 
 /* kafka.outbox's columns, in table order */
 typedef enum KpOutboxColumn

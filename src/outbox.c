@@ -207,6 +207,31 @@ raw_xmin(TupleTableSlot *slot)
 												 &isnull));
 }
 
+/*
+ * Puts msg's Avro key and value in Confluent's wire format.  Returns
+ * KP_SEND_QUEUED when msg can be sent, else what became of it.
+ */
+static KpSendResult
+frame_for_registry(KpMessage *msg, KpReportBuffer *buf)
+{
+	const char *refusal = NULL;
+	KpRegistryResult key = kp_registry_frame(msg->topic, true, &msg->key,
+											 &msg->key_len, &refusal);
+	KpRegistryResult value = key == KP_REGISTRY_UNAVAILABLE ? key :
+		kp_registry_frame(msg->topic, false, &msg->value, &msg->value_len,
+						  &refusal);
+
+	if (key == KP_REGISTRY_UNAVAILABLE || value == KP_REGISTRY_UNAVAILABLE)
+	{
+		if (msg->headers != NULL)
+			rd_kafka_headers_destroy(msg->headers);
+		return KP_SEND_HELD_BACK;
+	}
+	if (refusal != NULL)
+		return kp_producer_refuse(msg, buf, "SCHEMA_REGISTRY_REFUSED", refusal);
+	return KP_SEND_QUEUED;
+}
+
 /* Hands one outbox row to the producer. */
 static KpSendResult
 send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
@@ -223,14 +248,21 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 		kp_headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
 	msg.partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
 		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
+	if (kp_registry_enabled())
+	{
+		KpSendResult held_or_refused = frame_for_registry(&msg, buf);
+
+		if (held_or_refused != KP_SEND_QUEUED)
+			return held_or_refused;
+	}
 	*bytes += msg.key_len + msg.value_len;
 	return kp_producer_send(&msg, buf);
 }
 
 /*
  * Sends the messages after after_id in id order, skipping those already
- * in flight, until max_messages are sent, a batch is full or librdkafka's
- * queue is.  Returns the
+ * in flight, until max_messages are sent, a batch is full, librdkafka's
+ * queue is, or a message must wait for the schema registry.  Returns the
  * id up to which everything is now in flight or done: the next scan
  * starts after it.
  *
@@ -277,10 +309,9 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 			MemoryContextSwitchTo(outer);
 			MemoryContextReset(row_context);
 			if (result == KP_SEND_QUEUE_FULL)
-			{
 				*queue_full = true;
+			if (result == KP_SEND_QUEUE_FULL || result == KP_SEND_HELD_BACK)
 				break;
-			}
 			sent++;
 		}
 		last_id = id;
@@ -587,8 +618,8 @@ record_failures(KpReportBuffer *buf, int count)
 		if (r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE)
 			continue;
 		ids[n] = Int64GetDatum(r->id);
-		codes[n] = CStringGetTextDatum(rd_kafka_err2name(r->err));
-		texts[n] = CStringGetTextDatum(rd_kafka_err2str(r->err));
+		codes[n] = CStringGetTextDatum(kp_report_error_name(r));
+		texts[n] = CStringGetTextDatum(kp_report_error_text(r));
 		permanent[n] = BoolGetDatum(r->outcome == KP_FAILED);
 		n++;
 	}

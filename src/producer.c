@@ -121,6 +121,48 @@ kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 	report->partition = partition;
 	report->offset = offset;
 	report->err = err;
+	report->error_name = NULL;
+	report->error_text = NULL;
+}
+
+/* Adds a failure that is ours, not Kafka's: error_name says what. */
+static void
+report_refusal(KpReportBuffer *buf, int64 id, const char *error_name,
+			   const char *error_text)
+{
+	KpReport   *report;
+
+	if (buf->texts == NULL)
+		buf->texts = AllocSetContextCreate(TopMemoryContext,
+										   "kafka_producer report texts",
+										   ALLOCSET_SMALL_SIZES);
+	kp_report_add(buf, id, KP_FAILED, RD_KAFKA_PARTITION_UA, -1,
+				  RD_KAFKA_RESP_ERR_UNKNOWN);
+	report = &buf->reports[buf->count - 1];
+	report->error_name = MemoryContextStrdup(buf->texts, error_name);
+	report->error_text = MemoryContextStrdup(buf->texts, error_text);
+}
+
+void
+kp_report_clear(KpReportBuffer *buf)
+{
+	buf->count = 0;
+	if (buf->texts != NULL)
+		MemoryContextReset(buf->texts);
+}
+
+const char *
+kp_report_error_name(KpReport *report)
+{
+	return report->error_name != NULL ? report->error_name :
+		rd_kafka_err2name(report->err);
+}
+
+const char *
+kp_report_error_text(KpReport *report)
+{
+	return report->error_text != NULL ? report->error_text :
+		rd_kafka_err2str(report->err);
 }
 
 static void
@@ -445,12 +487,20 @@ kp_kafka_forget_topics(HTAB **topics)
 	*topics = NULL;
 }
 
+/* Notes that msg awaits a report, and where its outbox row is. */
+static void
+track_in_flight(KpMessage *msg)
+{
+	bool		found;
+	KpInFlight *entry = in_flight_insert(in_flight, msg->id, &found);
+
+	entry->outbox_row = msg->outbox_row;
+}
+
 KpSendResult
 kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 {
 	rd_kafka_resp_err_t err;
-	KpInFlight *entry;
-	bool		found;
 
 	Assert(producer != NULL);
 	err = rd_kafka_producev(producer,
@@ -469,8 +519,7 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL)
 		return KP_SEND_QUEUE_FULL;
 
-	entry = in_flight_insert(in_flight, msg->id, &found);
-	entry->outbox_row = msg->outbox_row;
+	track_in_flight(msg);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		kp_shmem_count(KP_COUNT_SENT, 1);
@@ -478,6 +527,21 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 		return KP_SEND_QUEUED;
 	}
 	kp_report_add(buf, msg->id, outcome_of(err), msg->partition, -1, err);
+	return KP_SEND_REFUSED;
+}
+
+/*
+ * Fails msg without sending it: its payload could not be made ready.  It
+ * counts as in flight until recorded, like a message Kafka refused.
+ */
+KpSendResult
+kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf, const char *error_name,
+				   const char *error_text)
+{
+	if (msg->headers != NULL)
+		rd_kafka_headers_destroy(msg->headers);
+	track_in_flight(msg);
+	report_refusal(buf, msg->id, error_name, error_text);
 	return KP_SEND_REFUSED;
 }
 

@@ -288,8 +288,8 @@ count_outcome(KpReport *report)
 	kp_shmem_count(counters[report->outcome], 1);
 	if (report->outcome == KP_FAILED || report->outcome == KP_RETRIABLE)
 		kp_shmem_set_last_error(psprintf("%s: %s (message " INT64_FORMAT ")",
-										 rd_kafka_err2name(report->err),
-										 rd_kafka_err2str(report->err),
+										 kp_report_error_name(report),
+										 kp_report_error_text(report),
 										 report->id));
 }
 
@@ -323,7 +323,7 @@ record_reports(bool all)
 	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, kp_producer_in_flight_count());
 	if (reports.count > 0)
 		queue_full = false;
-	reports.count = 0;
+	kp_report_clear(&reports);
 	if (resend && !rewinding)
 	{
 		rewinding = true;
