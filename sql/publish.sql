@@ -126,6 +126,12 @@ SELECT n, topic, key, value::jsonb->'after'->>'v' AS v FROM events(:start);
 DROP TRIGGER zz_side_effect ON existing;
 DROP TABLE side;
 DROP FUNCTION side_effect();
+-- a large transaction's events leave memory once written to kafka.outbox
+BEGIN;
+INSERT INTO existing SELECT i, repeat('x', 200) FROM generate_series(1000, 30999) i;
+SELECT total_bytes < 4 * 1024 * 1024 AS bounded
+  FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext';
+ROLLBACK;
 
 -- format avro: single-object encoded events, schemas in kafka.schemas
 CREATE TABLE avro_cdc (id int PRIMARY KEY, name text NOT NULL, price numeric(6, 2), hidden text);

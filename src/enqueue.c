@@ -531,6 +531,26 @@ kp_enqueue_buffered(KpNewMessage *msg)
 	return id;
 }
 
+/*
+ * Frees the rows of subtransaction subid once written: a large transaction
+ * would otherwise hold all of its events in memory until it ends.
+ */
+static void
+free_written(List *rows, SubTransactionId subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, rows)
+	{
+		KpBufferedRow *row = lfirst(lc);
+
+		if (row->subid != subid)
+			continue;
+		heap_freetuple(row->tuple);
+		pfree(row);
+	}
+}
+
 /* Writes the buffered rows of the current subtransaction to kafka.outbox. */
 void
 kp_enqueue_flush(void)
@@ -562,6 +582,7 @@ kp_enqueue_flush(void)
 	MemoryContextSwitchTo(old);
 	kp_batch_close(&writer);
 	table_close(rel, NoLock);
+	free_written(buffered_rows, current);
 	list_free(buffered_rows);
 	buffered_rows = kept;
 }
@@ -581,8 +602,15 @@ enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
 		foreach(lc, buffered_rows)
-			if (((KpBufferedRow *) lfirst(lc))->subid >= subid)
-				buffered_rows = foreach_delete_current(buffered_rows, lc);
+		{
+			KpBufferedRow *row = lfirst(lc);
+
+			if (row->subid < subid)
+				continue;
+			buffered_rows = foreach_delete_current(buffered_rows, lc);
+			heap_freetuple(row->tuple);
+			pfree(row);
+		}
 	}
 }
 
