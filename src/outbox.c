@@ -222,11 +222,7 @@ frame_for_registry(KpMessage *msg, KpReportBuffer *buf)
 						  &refusal);
 
 	if (key == KP_REGISTRY_UNAVAILABLE || value == KP_REGISTRY_UNAVAILABLE)
-	{
-		if (msg->headers != NULL)
-			rd_kafka_headers_destroy(msg->headers);
 		return KP_SEND_HELD_BACK;
-	}
 	if (refusal != NULL)
 		return kp_producer_refuse(msg, buf, "SCHEMA_REGISTRY_REFUSED", refusal);
 	return KP_SEND_QUEUED;
@@ -244,10 +240,10 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 	msg.topic = TextDatumGetCString(slot->tts_values[OUTBOX_TOPIC]);
 	bytes_of(slot, OUTBOX_KEY, &msg.key, &msg.key_len);
 	bytes_of(slot, OUTBOX_VALUE, &msg.value, &msg.value_len);
-	msg.headers = slot->tts_isnull[OUTBOX_HEADERS] ? NULL :
-		kp_headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
 	msg.partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
 		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
+	/* before the headers, which librdkafka owns once they are made */
+	msg.headers = NULL;
 	if (kp_registry_enabled())
 	{
 		KpSendResult held_or_refused = frame_for_registry(&msg, buf);
@@ -255,6 +251,8 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 		if (held_or_refused != KP_SEND_QUEUED)
 			return held_or_refused;
 	}
+	if (!slot->tts_isnull[OUTBOX_HEADERS])
+		msg.headers = kp_headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
 	*bytes += msg.key_len + msg.value_len;
 	return kp_producer_send(&msg, buf);
 }

@@ -531,15 +531,15 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 }
 
 /*
- * Fails msg without sending it: its payload could not be made ready.  It
- * counts as in flight until recorded, like a message Kafka refused.
+ * Fails msg, whose headers are not made yet, without sending it: its
+ * payload could not be made ready.  It counts as in flight until recorded,
+ * like a message Kafka refused.
  */
 KpSendResult
 kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf, const char *error_name,
 				   const char *error_text)
 {
-	if (msg->headers != NULL)
-		rd_kafka_headers_destroy(msg->headers);
+	Assert(msg->headers == NULL);
 	track_in_flight(msg);
 	report_refusal(buf, msg->id, error_name, error_text);
 	return KP_SEND_REFUSED;

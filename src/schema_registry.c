@@ -337,40 +337,37 @@ register_schema(KpSchemaEntry *entry, const char *schema)
 }
 
 /*
- * Makes entry's state current: looks its schema up and registers it, if
- * not done yet.  Returns false if the registry is out of reach.
+ * The cache entry of key, its schema looked up and registered first if not
+ * done yet or refused over KP_REGISTRY_REFUSAL_MS ago; NULL if the registry
+ * is out of reach.  An entry enters the cache only once complete, so that
+ * an ERROR on the way leaves nothing half made.
  */
-static bool
-resolve(KpSchemaEntry *entry, bool found)
+static KpSchemaEntry *
+schema_entry(const KpSchemaKey *key)
 {
+	KpSchemaEntry *entry = hash_search(schemas, key, HASH_FIND, NULL);
+	KpSchemaEntry resolved;
 	char	   *schema;
 
-	if (found && entry->state != KP_SCHEMA_REFUSED)
-		return true;
-	if (found && !TimestampDifferenceExceeds(entry->refused_at,
-											 GetCurrentTimestamp(),
-											 KP_REGISTRY_REFUSAL_MS))
-		return true;
-	if (found)
-		pfree(entry->refusal);
-	entry->refusal = NULL;
-	schema = stored_schema(&entry->key);
+	if (entry != NULL &&
+		(entry->state != KP_SCHEMA_REFUSED ||
+		 !TimestampDifferenceExceeds(entry->refused_at, GetCurrentTimestamp(),
+									 KP_REGISTRY_REFUSAL_MS)))
+		return entry;
+	memset(&resolved, 0, sizeof(resolved));
+	resolved.key = *key;
+	schema = stored_schema(key);
 	if (schema == NULL)
-	{
-		entry->state = KP_SCHEMA_UNKNOWN;
-		return true;
-	}
-	if (GetCurrentTimestamp() < retry_at)
-	{
-		hash_search(schemas, &entry->key, HASH_REMOVE, NULL);
-		return false;
-	}
-	if (!register_schema(entry, schema))
-	{
-		hash_search(schemas, &entry->key, HASH_REMOVE, NULL);
-		return false;
-	}
-	return true;
+		resolved.state = KP_SCHEMA_UNKNOWN;
+	else if (GetCurrentTimestamp() < retry_at ||
+			 !register_schema(&resolved, schema))
+		return NULL;
+	if (entry == NULL)
+		entry = hash_search(schemas, key, HASH_ENTER, NULL);
+	else
+		pfree(entry->refusal);
+	*entry = resolved;
+	return entry;
 }
 
 /*
@@ -386,7 +383,6 @@ kp_registry_frame(const char *topic, bool is_key, const char **data,
 	const unsigned char *bytes = (const unsigned char *) *data;
 	KpSchemaKey key;
 	KpSchemaEntry *entry;
-	bool		found;
 	char	   *framed;
 
 	if (*data == NULL || *len < KP_SINGLE_OBJECT_HEADER ||
@@ -398,8 +394,8 @@ kp_registry_frame(const char *topic, bool is_key, const char **data,
 			 is_key ? "key" : "value");
 	for (int i = 0; i < 8; i++)
 		key.fingerprint |= (uint64) bytes[2 + i] << (8 * i);
-	entry = hash_search(schemas, &key, HASH_ENTER, &found);
-	if (!resolve(entry, found))
+	entry = schema_entry(&key);
+	if (entry == NULL)
 		return KP_REGISTRY_UNAVAILABLE;
 	if (entry->state == KP_SCHEMA_UNKNOWN)
 		return KP_REGISTRY_AS_IS;
