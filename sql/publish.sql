@@ -10,7 +10,7 @@ LANGUAGE sql AS $$
 	SELECT id - since, topic, convert_from(key, 'UTF8'),
 		   regexp_replace(convert_from(value, 'UTF8'),
 						  '"(ts_ms|txId|lsn)":[0-9]+', '"\1":0', 'g')
-	  FROM kafka.outbox
+	  FROM kafka.pending
 	 WHERE id > since AND topic IN (SELECT topic FROM kafka.publication)
 	 ORDER BY id
 $$;
@@ -126,12 +126,57 @@ SELECT n, topic, key, value::jsonb->'after'->>'v' AS v FROM events(:start);
 DROP TRIGGER zz_side_effect ON existing;
 DROP TABLE side;
 DROP FUNCTION side_effect();
--- a large transaction's events leave memory once written to kafka.outbox
+-- a large transaction's events leave memory once written to kafka.outbox_batch
 BEGIN;
 INSERT INTO existing SELECT i, repeat('x', 200) FROM generate_series(1000, 30999) i;
 SELECT total_bytes < 4 * 1024 * 1024 AS bounded
   FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext';
 ROLLBACK;
+
+-- events are stored several to a row, inline; a message larger than a
+-- row's share has a row of its own; kafka.messages shows each in order
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO existing SELECT i, repeat('x', 200) FROM generate_series(1000, 2999) i;
+INSERT INTO existing VALUES (3000, repeat('y', 9000));
+SELECT count(*) < 2001 / 10 AS several_to_a_row,
+	   sum(cardinality(keys)) AS messages,
+	   bool_and(cardinality(keys) = cardinality("values")) AS keys_match_values,
+	   count(*) FILTER (WHERE pg_column_size(b.*) > 8160) AS larger_than_a_page,
+	   count(*) FILTER (WHERE cardinality(keys) = 1) AS alone
+  FROM kafka.outbox_batch b WHERE first_id > :start AND topic = 'public.existing';
+SELECT count(*) AS pending, count(DISTINCT id) AS distinct_ids,
+	   array_agg((convert_from(key, 'UTF8')::jsonb->>'id')::int ORDER BY id) =
+	   array(SELECT generate_series(1000, 3000)) AS in_order
+  FROM kafka.messages
+ WHERE id > :start AND status = 'pending' AND topic = 'public.existing';
+DELETE FROM existing WHERE id >= 1000;
+
+-- a user who may write the table but nothing of the extension's publishes
+-- its changes too (the trigger takes a block of ids on its behalf)
+CREATE ROLE kafka_writer;
+CREATE SCHEMA writer_path AUTHORIZATION kafka_writer;
+CREATE TABLE avro_writes (id int PRIMARY KEY, v text);
+SELECT kafka_publish('avro_writes', format => 'avro');
+GRANT INSERT ON existing, avro_writes TO kafka_writer;
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+SET ROLE kafka_writer;
+INSERT INTO existing VALUES (40, 'by a writer'), (41, 'by a writer too');
+INSERT INTO avro_writes VALUES (1, 'stores its schema');
+-- its search_path is not the extension's, and stays its own
+SET search_path = writer_path, public;
+INSERT INTO existing VALUES (42, 'with its own search_path');
+SHOW search_path;
+RESET search_path;
+RESET ROLE;
+SELECT row_number() OVER (ORDER BY id) AS n, convert_from(value, 'UTF8')::jsonb->'after'->>'v' AS v
+  FROM kafka.pending WHERE id > :start AND topic = 'public.existing' ORDER BY id;
+SELECT count(*) AS avro_events, count(DISTINCT s.subject) AS schemas_found
+  FROM kafka.pending p JOIN kafka.schemas s ON s.fingerprint = substring(p.value from 3 for 8)
+ WHERE p.id > :start AND p.topic = 'public.avro_writes';
+DROP SCHEMA writer_path;
+DROP TABLE avro_writes;
+REVOKE INSERT ON existing FROM kafka_writer;
+DROP ROLE kafka_writer;
 
 -- format avro: single-object encoded events, schemas in kafka.schemas
 CREATE TABLE avro_cdc (id int PRIMARY KEY, name text NOT NULL, price numeric(6, 2), hidden text);
@@ -143,7 +188,7 @@ DELETE FROM avro_cdc;
 SELECT id - :start AS n, encode(substring(value from 1 for 2), 'hex') AS magic,
 	   s.subject AS value_schema, encode(substring(key from 1 for 2), 'hex') AS key_magic,
 	   k.subject AS key_schema
-  FROM kafka.outbox o
+  FROM kafka.pending o
   LEFT JOIN kafka.schemas s ON s.fingerprint = substring(o.value from 3 for 8)
   LEFT JOIN kafka.schemas k ON k.fingerprint = substring(o.key from 3 for 8)
  WHERE o.id > :start AND o.topic = 'public.avro_cdc' ORDER BY o.id;

@@ -7,12 +7,14 @@ SELECT attname, format_type(atttypid, atttypmod)
  WHERE attrelid = 'kafka.messages'::regclass AND attnum > 0
  ORDER BY attnum;
 
--- The worker runs and shows itself (it may be restarting: the database
--- did not exist yet when the server started)
+-- The worker runs and shows itself, connected to this database once it
+-- has restarted (the database did not exist yet when the server started)
 DO $$
 BEGIN
 	FOR i IN 1..600 LOOP
-		EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'kafka_producer');
+		EXIT WHEN EXISTS (SELECT FROM pg_stat_activity
+						   WHERE backend_type = 'kafka_producer'
+							 AND datname = current_database());
 		PERFORM pg_sleep(0.05);
 		PERFORM pg_stat_clear_snapshot();
 	END LOOP;

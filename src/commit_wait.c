@@ -177,7 +177,7 @@ answer_if_final(int procno, int64 first_id, int64 last_id)
 	int64		failed;
 	char	   *first_error;
 
-	if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM kafka.outbox WHERE id BETWEEN $1 AND $2), "
+	if (SPI_execute_with_args("SELECT kafka.any_pending($1, $2), "
 							  "(SELECT count(*) FROM kafka.failed WHERE id BETWEEN $1 AND $2), "
 							  "(SELECT error_code || ': ' || error FROM kafka.failed "
 							  "  WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT 1)",

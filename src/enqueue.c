@@ -28,6 +28,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -75,28 +76,40 @@ typedef struct KpSendCache
 } KpSendCache;
 
 /*
- * Messages of triggers wait here as outbox rows, ids taken, and go to
- * kafka.outbox a chunk at a time with table_multi_insert: when a chunk is
- * full, at the end of the statement (kp_enqueue_flush from a statement
- * trigger) and before commit.  Each row remembers its subtransaction: only
- * those of the current one are written, since a row written in a deeper
- * subtransaction would vanish with it; those of an aborted one are
- * dropped, and those of a committed one pass to its parent.
+ * Messages of triggers wait here, in TopTransactionContext, and go to
+ * kafka.outbox_batch several to a row: when KP_BATCH_CHUNK are waiting, at
+ * the end of the statement (kp_enqueue_flush from a statement trigger) and
+ * before commit.
+ *
+ * Their ids are taken when they are written, a block at a time under
+ * kp_shmem_id_block_lock, so that a row's messages have consecutive ids
+ * even while other sessions publish.  Taking them after the change keeps
+ * per-key order: another transaction can change the same table row only
+ * after this one commits, and so takes its ids later.  kp_enqueue() gives
+ * ids to what waits here before taking its own, which keeps the order of
+ * enqueueing within a transaction.
+ *
+ * Each message remembers its subtransaction: only those of the current one
+ * are written, since a row written in a deeper subtransaction would vanish
+ * with it; those of an aborted one are dropped, and those of a committed
+ * one pass to its parent.
  */
-typedef struct KpBufferedRow
+typedef struct KpBufferedMessage
 {
 	SubTransactionId subid;
-	HeapTuple	tuple;
-} KpBufferedRow;
+	int64		id;				/* 0 until assign_buffered_ids() */
+	TimestampTz enqueued_at;
+	text	   *topic;			/* the three in the same allocation */
+	bytea	   *key;			/* NULL: no key */
+	bytea	   *value;			/* NULL: a tombstone */
+} KpBufferedMessage;
 
-/* all in TopTransactionContext */
-static List *buffered_rows = NIL;
-static TupleDesc buffered_desc = NULL;
-static Oid	buffered_sequence = InvalidOid;
-static KpSlotCache outbox_slots;
+/* in TopTransactionContext */
+static List *buffered = NIL;
 
 static void enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 									 SubTransactionId parent, void *arg);
+static void assign_buffered_ids(void);
 
 /* lowest and highest message id enqueued by the current transaction */
 static int64 xact_first_id = -1;
@@ -149,14 +162,15 @@ kp_enqueue_forget_committed(void)
 static void
 enqueue_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT)
+	/* before PREPARE too: the messages get ids, and so an ERROR below */
+	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT ||
+		event == XACT_EVENT_PRE_PREPARE)
 		kp_enqueue_flush();
 	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PARALLEL_PRE_COMMIT &&
 		event != XACT_EVENT_PRE_PREPARE)
 	{
 		/* they lived in TopTransactionContext */
-		buffered_rows = NIL;
-		buffered_desc = NULL;
+		buffered = NIL;
 	}
 	if (xact_first_id < 0)
 		return;
@@ -193,15 +207,20 @@ enqueue_xact_callback(XactEvent event, void *arg)
  * Makes sure the worker hears of messages from id on once the current
  * transaction commits.
  */
+static void
+register_callbacks(void)
+{
+	if (xact_callback_registered)
+		return;
+	RegisterXactCallback(enqueue_xact_callback, NULL);
+	RegisterSubXactCallback(enqueue_subxact_callback, NULL);
+	xact_callback_registered = true;
+}
+
 void
 kp_enqueue_wake_at_commit(int64 id)
 {
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(enqueue_xact_callback, NULL);
-		RegisterSubXactCallback(enqueue_subxact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_callbacks();
 	if (xact_first_id < 0 || id < xact_first_id)
 		xact_first_id = id;
 	if (id > xact_last_id)
@@ -406,20 +425,43 @@ send_cache(FunctionCallInfo fcinfo)
 	return cache;
 }
 
+/*
+ * Locks kafka.message_id_seq for nextval: a backend that takes a block of
+ * ids takes it exclusively, anyone else shared.
+ */
+static Oid
+lock_message_ids(LWLockMode mode)
+{
+	Oid			sequence = kp_relation_oid("message_id_seq");
+
+	/* nextval's own lock first: no waiting under the LWLock */
+	LockRelationOid(sequence, RowExclusiveLock);
+	LWLockAcquire(kp_shmem_id_block_lock(), mode);
+	return sequence;
+}
+
+/* A new message id, never inside another backend's block of ids. */
+int64
+kp_next_message_id(void)
+{
+	Oid			sequence = lock_message_ids(LW_SHARED);
+	int64		id = nextval_internal(sequence, false);
+
+	LWLockRelease(kp_shmem_id_block_lock());
+	return id;
+}
+
 static int64
 insert_outbox_row(Datum *values, bool *nulls)
 {
 	Relation	rel = kp_outbox_open(RowExclusiveLock);
 	KpIndexes	indexes;
-	HeapTuple	tuple;
 	int64		id;
 
-	id = nextval_internal(kp_relation_oid("message_id_seq"), false);
+	id = kp_next_message_id();
 	values[OUTBOX_ID] = Int64GetDatum(id);
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	simple_heap_insert(rel, tuple);
 	kp_indexes_open(rel, &indexes);
-	kp_indexes_insert(&indexes, rel, &tuple->t_self, values, nulls);
+	kp_insert_row(rel, &indexes, values, nulls, NULL);
 	kp_indexes_close(&indexes);
 	table_close(rel, NoLock);
 	return id;
@@ -451,15 +493,21 @@ kp_message_check(KpNewMessage *msg)
 	return size;
 }
 
-/* Checks msg and fills the columns of its outbox row, but its id. */
+/* Whether msg may be enqueued here and now. */
 static void
-outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
+check_enqueue(KpNewMessage *msg)
 {
 	kp_check_serving_database();
 	PreventCommandIfReadOnly("kafka_send()");
 	PreventCommandIfParallelMode("kafka_send()");
 	kp_message_check(msg);
+}
 
+/* Checks msg and fills the columns of its outbox row, but its id. */
+static void
+outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
+{
+	check_enqueue(msg);
 	memset(nulls, false, OUTBOX_NATTS * sizeof(bool));
 	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
 	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
@@ -487,104 +535,244 @@ kp_enqueue(KpNewMessage *msg)
 	int64		id;
 
 	outbox_columns(msg, values, nulls);
+	if (buffered != NIL)
+		assign_buffered_ids();
 	id = insert_outbox_row(values, nulls);
 	kp_enqueue_wake_at_commit(id);
 	return id;
 }
 
-static void
-prepare_buffering(void)
+/* a copy of bytes in *space, with a 4-byte header as arrays want */
+static bytea *
+copy_bytes(const struct varlena *bytes, char **space)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-	Relation	rel = kp_outbox_open(AccessShareLock);
+	bytea	   *copy = (bytea *) *space;
+	Size		len = VARSIZE_ANY_EXHDR(bytes);
 
-	buffered_desc = CreateTupleDescCopy(RelationGetDescr(rel));
-	table_close(rel, NoLock);
-	buffered_sequence = kp_relation_oid("message_id_seq");
-	MemoryContextSwitchTo(old);
+	SET_VARSIZE(copy, VARHDRSZ + len);
+	memcpy(VARDATA(copy), VARDATA_ANY(bytes), len);
+	*space += INTALIGN(VARHDRSZ + len);
+	return copy;
 }
 
-/* As kp_enqueue, the row written to kafka.outbox a chunk at a time. */
-int64
+static Size
+copy_size(const struct varlena *bytes)
+{
+	return bytes == NULL ? 0 : INTALIGN(VARHDRSZ + VARSIZE_ANY_EXHDR(bytes));
+}
+
+/* As kp_enqueue, but written with others to kafka.outbox_batch, and later. */
+void
 kp_enqueue_buffered(KpNewMessage *msg)
 {
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
-	KpBufferedRow *row;
+	KpBufferedMessage *buffered_msg;
+	char	   *space;
 	MemoryContext old;
-	int64		id;
 
-	outbox_columns(msg, values, nulls);
-	if (buffered_desc == NULL)
-		prepare_buffering();
-	id = nextval_internal(buffered_sequence, false);
-	values[OUTBOX_ID] = Int64GetDatum(id);
+	check_enqueue(msg);
+	Assert(msg->headers == NULL && msg->partition == RD_KAFKA_PARTITION_UA);
+	/* to write what waits at commit, and drop what a subtransaction undoes */
+	register_callbacks();
+	space = MemoryContextAlloc(TopTransactionContext,
+							   MAXALIGN(sizeof(KpBufferedMessage)) +
+							   copy_size(msg->topic) + copy_size(msg->key) +
+							   copy_size(msg->value));
+	buffered_msg = (KpBufferedMessage *) space;
+	space += MAXALIGN(sizeof(KpBufferedMessage));
+	buffered_msg->subid = GetCurrentSubTransactionId();
+	buffered_msg->id = 0;
+	buffered_msg->enqueued_at = GetCurrentTimestamp();
+	buffered_msg->topic = copy_bytes(msg->topic, &space);
+	buffered_msg->key = msg->key ? copy_bytes(msg->key, &space) : NULL;
+	buffered_msg->value = msg->value ? copy_bytes(msg->value, &space) : NULL;
 	old = MemoryContextSwitchTo(TopTransactionContext);
-	row = palloc(sizeof(KpBufferedRow));
-	row->subid = GetCurrentSubTransactionId();
-	row->tuple = heap_form_tuple(buffered_desc, values, nulls);
-	buffered_rows = lappend(buffered_rows, row);
+	buffered = lappend(buffered, buffered_msg);
 	MemoryContextSwitchTo(old);
-	kp_enqueue_wake_at_commit(id);
-	if (list_length(buffered_rows) >= KP_BATCH_CHUNK)
+	if (list_length(buffered) >= KP_BATCH_CHUNK)
 		kp_enqueue_flush();
-	return id;
+}
+
+/* Moves kafka.message_id_seq on to last. */
+static void
+advance_sequence(Oid sequence, int64 last)
+{
+	KpSavedUser saved;
+
+	/* the publishing user need not have UPDATE on the sequence */
+	kp_begin_as_owner(&saved);
+	DirectFunctionCall2(setval_oid, ObjectIdGetDatum(sequence),
+						Int64GetDatum(last));
+	kp_end_as_owner(&saved);
 }
 
 /*
- * Frees the rows of subtransaction subid once written: a large transaction
- * would otherwise hold all of its events in memory until it ends.
+ * Takes count consecutive message ids; returns the first.  Nobody takes
+ * an id between nextval and setval: they all hold the LWLock.
  */
-static void
-free_written(List *rows, SubTransactionId subid)
+static int64
+take_id_block(int count)
 {
+	Oid			sequence = lock_message_ids(LW_EXCLUSIVE);
+	int64		first = nextval_internal(sequence, false);
+
+	if (count > 1)
+		advance_sequence(sequence, first + count - 1);
+	LWLockRelease(kp_shmem_id_block_lock());
+	return first;
+}
+
+/* Gives consecutive ids, in order, to the waiting messages without one. */
+static void
+assign_buffered_ids(void)
+{
+	int			count = 0;
+	int64		next;
 	ListCell   *lc;
 
-	foreach(lc, rows)
+	foreach(lc, buffered)
+		count += ((KpBufferedMessage *) lfirst(lc))->id == 0;
+	if (count == 0)
+		return;
+	next = take_id_block(count);
+	kp_enqueue_wake_at_commit(next);
+	kp_enqueue_wake_at_commit(next + count - 1);
+	foreach(lc, buffered)
 	{
-		KpBufferedRow *row = lfirst(lc);
+		KpBufferedMessage *msg = lfirst(lc);
 
-		if (row->subid != subid)
-			continue;
-		heap_freetuple(row->tuple);
-		pfree(row);
+		if (msg->id == 0)
+			msg->id = next++;
 	}
 }
 
-/* Writes the buffered rows of the current subtransaction to kafka.outbox. */
+/* what a message adds to a batch row: two array elements, two null bits */
+static Size
+batch_row_share(KpBufferedMessage *msg)
+{
+	return copy_size(msg->key) + copy_size(msg->value) + 1;
+}
+
+static bool
+same_text(text *a, text *b)
+{
+	return VARSIZE(a) == VARSIZE(b) &&
+		memcmp(VARDATA(a), VARDATA(b), VARSIZE(a) - VARHDRSZ) == 0;
+}
+
+static Datum
+bytea_array(KpBufferedMessage **msgs, int count, bool keys)
+{
+	Datum	   *elements = palloc(count * sizeof(Datum));
+	bool	   *nulls = palloc(count * sizeof(bool));
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+	ArrayType  *array;
+
+	for (int i = 0; i < count; i++)
+	{
+		bytea	   *bytes = keys ? msgs[i]->key : msgs[i]->value;
+
+		elements[i] = PointerGetDatum(bytes);
+		nulls[i] = bytes == NULL;
+	}
+	array = construct_md_array(elements, nulls, 1, dims, lbs, BYTEAOID, -1,
+							   false, TYPALIGN_INT);
+	pfree(elements);
+	pfree(nulls);
+	return PointerGetDatum(array);
+}
+
+/*
+ * Writes the row holding msgs[0 .. count - 1].  A row at a time, not with
+ * table_multi_insert: a row fills most of a page, and a thousand of them
+ * held for a multi-insert made the backend's heap grow and shrink.
+ */
+static void
+insert_batch_row(Relation rel, KpIndexes *indexes, KpBufferedMessage **msgs,
+				 int count)
+{
+	Datum		values[BATCH_NATTS];
+	bool		nulls[BATCH_NATTS] = {false};
+
+	values[BATCH_FIRST_ID] = Int64GetDatum(msgs[0]->id);
+	values[BATCH_TOPIC] = PointerGetDatum(msgs[0]->topic);
+	values[BATCH_KEYS] = bytea_array(msgs, count, true);
+	values[BATCH_VALUES] = bytea_array(msgs, count, false);
+	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(msgs[0]->enqueued_at);
+	kp_insert_row(rel, indexes, values, nulls, NULL);
+	pfree(DatumGetPointer(values[BATCH_KEYS]));
+	pfree(DatumGetPointer(values[BATCH_VALUES]));
+}
+
+/*
+ * Writes msgs[0 .. count - 1], in id order, as rows of consecutive ids of
+ * one topic, each small enough to be stored without TOAST unless a single
+ * message is not.
+ */
+static void
+write_batch_rows(KpBufferedMessage **msgs, int count)
+{
+	Relation	rel = kp_outbox_batch_open(RowExclusiveLock);
+	KpIndexes	indexes;
+	int			first = 0;
+	Size		bytes = 0;
+
+	kp_indexes_open(rel, &indexes);
+	for (int i = 0; i < count; i++)
+	{
+		Size		share = batch_row_share(msgs[i]);
+
+		if (i > first &&
+			(msgs[i]->id != msgs[i - 1]->id + 1 ||
+			 !same_text(msgs[i]->topic, msgs[first]->topic) ||
+			 i - first == KP_BATCH_ROW_MESSAGES ||
+			 bytes + share > KP_BATCH_ROW_BYTES))
+		{
+			insert_batch_row(rel, &indexes, msgs + first, i - first);
+			first = i;
+			bytes = 0;
+		}
+		bytes += share;
+	}
+	insert_batch_row(rel, &indexes, msgs + first, count - first);
+	kp_indexes_close(&indexes);
+	table_close(rel, NoLock);
+}
+
+/* Writes the waiting messages of the current subtransaction. */
 void
 kp_enqueue_flush(void)
 {
 	SubTransactionId current = GetCurrentSubTransactionId();
+	KpBufferedMessage **msgs;
 	List	   *kept = NIL;
-	KpBatchWriter writer;
-	Relation	rel;
+	int			count = 0;
 	ListCell   *lc;
 	MemoryContext old;
 
-	if (buffered_rows == NIL)
+	if (buffered == NIL)
 		return;
-	rel = kp_outbox_open(RowExclusiveLock);
-	kp_batch_open(&writer, rel, &outbox_slots);
+	assign_buffered_ids();
+	msgs = palloc(list_length(buffered) * sizeof(KpBufferedMessage *));
 	old = MemoryContextSwitchTo(TopTransactionContext);
-	foreach(lc, buffered_rows)
+	foreach(lc, buffered)
 	{
-		KpBufferedRow *row = lfirst(lc);
+		KpBufferedMessage *msg = lfirst(lc);
 
-		if (row->subid != current)
-		{
-			kept = lappend(kept, row);
-			continue;
-		}
-		ExecStoreHeapTuple(row->tuple, kp_batch_next_slot(&writer), false);
-		kp_batch_added(&writer);
+		if (msg->subid == current)
+			msgs[count++] = msg;
+		else
+			kept = lappend(kept, msg);
 	}
 	MemoryContextSwitchTo(old);
-	kp_batch_close(&writer);
-	table_close(rel, NoLock);
-	free_written(buffered_rows, current);
-	list_free(buffered_rows);
-	buffered_rows = kept;
+	if (count > 0)
+		write_batch_rows(msgs, count);
+	/* a large transaction would otherwise hold all of its events */
+	for (int i = 0; i < count; i++)
+		pfree(msgs[i]);
+	pfree(msgs);
+	list_free(buffered);
+	buffered = kept;
 }
 
 static void
@@ -595,21 +783,20 @@ enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 
 	if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
-		foreach(lc, buffered_rows)
-			if (((KpBufferedRow *) lfirst(lc))->subid == subid)
-				((KpBufferedRow *) lfirst(lc))->subid = parent;
+		foreach(lc, buffered)
+			if (((KpBufferedMessage *) lfirst(lc))->subid == subid)
+				((KpBufferedMessage *) lfirst(lc))->subid = parent;
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
-		foreach(lc, buffered_rows)
+		foreach(lc, buffered)
 		{
-			KpBufferedRow *row = lfirst(lc);
+			KpBufferedMessage *msg = lfirst(lc);
 
-			if (row->subid < subid)
+			if (msg->subid < subid)
 				continue;
-			buffered_rows = foreach_delete_current(buffered_rows, lc);
-			heap_freetuple(row->tuple);
-			pfree(row);
+			buffered = foreach_delete_current(buffered, lc);
+			pfree(msg);
 		}
 	}
 }

@@ -94,6 +94,7 @@ typedef struct KpSharedState
 extern void kp_shmem_init(void);
 extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_request_rescan(int64 first_id);
+extern struct LWLock *kp_shmem_id_block_lock(void);
 extern void kp_shmem_wake_worker(void);
 extern pid_t kp_shmem_worker_pid(void);
 extern void kp_shmem_topic_config_changed(void);
@@ -180,8 +181,9 @@ extern void kp_message_options_from_args(FunctionCallInfo fcinfo,
 										 KpNewMessage *msg);
 extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
 extern Size kp_message_check(KpNewMessage *msg);
+extern int64 kp_next_message_id(void);
 extern int64 kp_enqueue(KpNewMessage *msg);
-extern int64 kp_enqueue_buffered(KpNewMessage *msg);
+extern void kp_enqueue_buffered(KpNewMessage *msg);
 extern void kp_enqueue_flush(void);
 extern void kp_enqueue_wake_at_commit(int64 id);
 extern void kp_check_topic(text *topic);
@@ -211,6 +213,10 @@ typedef struct KpReport
 	/* for a failure of our own, not Kafka's: what err would say */
 	const char *error_name;
 	const char *error_text;
+	/* delivered, its kafka.outbox_batch row waits for the others' reports */
+	bool		held;
+	/* recorded, or let go, with the rest of its kafka.outbox_batch row */
+	bool		done_with_batch;
 } KpReport;
 
 typedef struct KpReportBuffer
@@ -226,6 +232,7 @@ typedef struct KpRowVersion
 {
 	ItemPointerData tid;
 	TransactionId xmin;			/* raw: kept by VACUUM FULL, new after UPDATE */
+	int64		batch_first_id; /* its kafka.outbox_batch row; 0: kafka.outbox */
 } KpRowVersion;
 
 typedef struct KpMessage
@@ -267,6 +274,7 @@ extern void kp_producer_poll(KpReportBuffer *buf);
 extern void kp_producer_return_queued(void);
 extern bool kp_producer_is_in_flight(int64 id);
 extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
+extern void kp_producer_moved(int64 id, KpRowVersion *row);
 extern void kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
 extern KpSendResult kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf,
@@ -294,9 +302,39 @@ typedef enum KpOutboxColumn
 	OUTBOX_NATTS
 } KpOutboxColumn;
 
+/* kafka.outbox_batch's columns, in table order */
+typedef enum KpBatchColumn
+{
+	BATCH_FIRST_ID,
+	BATCH_TOPIC,
+	BATCH_KEYS,
+	BATCH_VALUES,
+	BATCH_ENQUEUED_AT,
+	BATCH_NATTS
+} KpBatchColumn;
+
+/*
+ * A kafka.outbox_batch row holds at most this many messages, and this
+ * many bytes of keys and values, with their array overhead: the rest of
+ * the row fits in what is left of MaxHeapTupleSize.
+ */
+#define KP_BATCH_ROW_MESSAGES 256
+#define KP_BATCH_ROW_BYTES 7600
+
 /* outbox.c: the kafka.* tables; the worker's reads and writes of them */
 extern Oid	kp_relation_oid(const char *name);
 extern Relation kp_outbox_open(LOCKMODE lockmode);
+extern Relation kp_outbox_batch_open(LOCKMODE lockmode);
+
+typedef struct KpSavedUser
+{
+	Oid			userid;
+	int			sec_context;
+	int			guc_nest_level;
+} KpSavedUser;
+
+extern void kp_begin_as_owner(KpSavedUser *saved);
+extern void kp_end_as_owner(KpSavedUser *saved);
 
 /* the indexes of a table written with heap functions, not the executor */
 typedef struct KpIndexes
@@ -310,6 +348,8 @@ extern void kp_indexes_open(Relation rel, KpIndexes *indexes);
 extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
 							  ItemPointer tid, Datum *values, bool *nulls);
 extern void kp_indexes_close(KpIndexes *indexes);
+extern void kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values,
+						  bool *nulls, ItemPointer tid);
 /* rows written a chunk at a time with table_multi_insert */
 #define KP_BATCH_CHUNK 1000
 
@@ -334,6 +374,7 @@ extern struct TupleTableSlot *kp_batch_next_slot(KpBatchWriter *writer);
 extern void kp_batch_added(KpBatchWriter *writer);
 extern void kp_batch_close(KpBatchWriter *writer);
 extern bool kp_outbox_present(void);
+extern void kp_outbox_apply_moves(void);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern int64 kp_outbox_send_batch(int64 after_id, int max_messages,

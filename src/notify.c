@@ -107,7 +107,10 @@ message_status(int64 id)
 	Datum		xmin;
 
 	if (SPI_execute_with_args("SELECT status, (SELECT xmin FROM kafka.outbox WHERE id = $1) "
-							  "FROM kafka.messages WHERE id = $1",
+							  "FROM (SELECT CASE WHEN kafka.any_pending($1, $1) THEN 'pending' "
+							  "  ELSE (SELECT status FROM kafka.messages "
+							  "        WHERE id = $1 AND status <> 'pending') END) AS s(status) "
+							  "WHERE status IS NOT NULL",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the status of Kafka message " INT64_FORMAT,
 			 id);
@@ -225,7 +228,7 @@ session_messages_are_final(void *arg)
 	args[0] = kp_datum_array(firsts, count, INT8OID);
 	args[1] = kp_datum_array(lasts, count, INT8OID);
 	if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT FROM unnest($1, $2) r(first, last) "
-							  "JOIN kafka.outbox o ON o.id BETWEEN r.first AND r.last)",
+							  "WHERE kafka.any_pending(r.first, r.last))",
 							  2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the status of this session's Kafka messages");
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -25,15 +26,19 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -86,16 +91,60 @@ kp_relation_oid(const char *name)
 	return relid;
 }
 
-/* Opens kafka.outbox, checking that it still has the expected shape. */
+/* Opens kafka.<name>, checking that it still has the expected shape. */
+static Relation
+open_table(const char *name, int natts, LOCKMODE lockmode)
+{
+	Relation	rel = table_open(kp_relation_oid(name), lockmode);
+
+	if (RelationGetDescr(rel)->natts != natts)
+		elog(ERROR, "%s.%s has %d columns, expected %d", KP_SCHEMA_NAME, name,
+			 RelationGetDescr(rel)->natts, natts);
+	return rel;
+}
+
+/*
+ * Acts as the owner of the extension's schema, with only pg_catalog on the
+ * search_path, until kp_end_as_owner(): for the extension's bookkeeping in
+ * a trigger or function that users without rights on kafka.* may run.
+ */
+void
+kp_begin_as_owner(KpSavedUser *saved)
+{
+	Oid			nsp = get_namespace_oid(KP_SCHEMA_NAME, false);
+	HeapTuple	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for namespace %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
+	ReleaseSysCache(tuple);
+	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
+	SetUserIdAndSecContext(owner, saved->sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	saved->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+kp_end_as_owner(KpSavedUser *saved)
+{
+	AtEOXact_GUC(false, saved->guc_nest_level);
+	SetUserIdAndSecContext(saved->userid, saved->sec_context);
+}
+
 Relation
 kp_outbox_open(LOCKMODE lockmode)
 {
-	Relation	rel = table_open(kp_relation_oid("outbox"), lockmode);
+	return open_table("outbox", OUTBOX_NATTS, lockmode);
+}
 
-	if (RelationGetDescr(rel)->natts != OUTBOX_NATTS)
-		elog(ERROR, "kafka.outbox has %d columns, expected %d",
-			 RelationGetDescr(rel)->natts, OUTBOX_NATTS);
-	return rel;
+Relation
+kp_outbox_batch_open(LOCKMODE lockmode)
+{
+	return open_table("outbox_batch", BATCH_NATTS, lockmode);
 }
 
 void
@@ -228,22 +277,186 @@ frame_for_registry(KpMessage *msg, KpReportBuffer *buf)
 	return KP_SEND_QUEUED;
 }
 
-/* Hands one outbox row to the producer. */
+/*
+ * Where a scan reads messages from: kafka.outbox, a message per row, or
+ * kafka.outbox_batch, several; either in id order through the primary key.
+ */
+typedef struct KpScanSource
+{
+	bool		batched;
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	MemoryContext row_context;	/* what is made of the current row */
+	bool		exhausted;
+	bool		has_row;
+	int64		first_id;		/* the current row's first message id */
+	int			count;			/* and how many messages it holds */
+	int			next;			/* the next of them to send */
+	char	   *topic;
+	Datum	   *keys;
+	bool	   *key_nulls;
+	Datum	   *values;
+	bool	   *value_nulls;
+} KpScanSource;
+
+static void
+source_open(KpScanSource *src, bool batched, int64 after_id)
+{
+	ScanKeyData key;
+
+	memset(src, 0, sizeof(*src));
+	src->batched = batched;
+	src->rel = batched ? kp_outbox_batch_open(AccessShareLock) :
+		kp_outbox_open(AccessShareLock);
+	src->index = index_open(RelationGetPrimaryKeyIndex(src->rel),
+							AccessShareLock);
+	src->slot = table_slot_create(src->rel, NULL);
+	src->row_context = AllocSetContextCreate(CurrentMemoryContext,
+											 "kafka_producer outbox row",
+											 ALLOCSET_DEFAULT_SIZES);
+	src->scan = index_beginscan(src->rel, src->index, GetActiveSnapshot(), 1, 0);
+	/* a batch row that starts at or before after_id may end after it */
+	ScanKeyInit(&key, 1, BTGreaterStrategyNumber, F_INT8GT,
+				Int64GetDatum(batched ? after_id - KP_BATCH_ROW_MESSAGES : after_id));
+	index_rescan(src->scan, &key, 1, NULL, 0);
+}
+
+static void
+source_close(KpScanSource *src)
+{
+	index_endscan(src->scan);
+	ExecDropSingleTupleTableSlot(src->slot);
+	MemoryContextDelete(src->row_context);
+	index_close(src->index, AccessShareLock);
+	table_close(src->rel, AccessShareLock);
+}
+
+static void
+deconstruct_bytes(Datum array, Datum **elements, bool **nulls, int *count)
+{
+	deconstruct_array(DatumGetArrayTypeP(array), BYTEAOID, -1, false,
+					  TYPALIGN_INT, elements, nulls, count);
+}
+
+static void
+load_batch_row(KpScanSource *src)
+{
+	TupleTableSlot *slot = src->slot;
+	MemoryContext outer = MemoryContextSwitchTo(src->row_context);
+	int			value_count;
+
+	src->first_id = DatumGetInt64(slot->tts_values[BATCH_FIRST_ID]);
+	src->topic = TextDatumGetCString(slot->tts_values[BATCH_TOPIC]);
+	deconstruct_bytes(slot->tts_values[BATCH_KEYS], &src->keys,
+					  &src->key_nulls, &src->count);
+	deconstruct_bytes(slot->tts_values[BATCH_VALUES], &src->values,
+					  &src->value_nulls, &value_count);
+	if (value_count != src->count)
+		elog(ERROR, "kafka.outbox_batch row " INT64_FORMAT " has %d keys and %d values",
+			 src->first_id, src->count, value_count);
+	MemoryContextSwitchTo(outer);
+}
+
+/*
+ * Makes the source's next message the first after after_id, reading rows
+ * as needed; false when it has no more.
+ */
+static bool
+source_ready(KpScanSource *src, int64 after_id)
+{
+	while (!src->has_row || src->next >= src->count)
+	{
+		src->has_row = false;
+		if (src->exhausted ||
+			!index_getnext_slot(src->scan, ForwardScanDirection, src->slot))
+		{
+			src->exhausted = true;
+			return false;
+		}
+		MemoryContextReset(src->row_context);
+		slot_getallattrs(src->slot);
+		if (src->batched)
+			load_batch_row(src);
+		else
+		{
+			src->first_id = DatumGetInt64(src->slot->tts_values[OUTBOX_ID]);
+			src->count = 1;
+		}
+		src->has_row = true;
+		src->next = Max(0, after_id + 1 - src->first_id);
+	}
+	return true;
+}
+
+static int64
+source_id(KpScanSource *src)
+{
+	return src->first_id + src->next;
+}
+
+/* The source whose next message comes first, or NULL when both are done. */
+static KpScanSource *
+next_source(KpScanSource *outbox, KpScanSource *batch, int64 after_id)
+{
+	bool		outbox_ready = source_ready(outbox, after_id);
+	bool		batch_ready = source_ready(batch, after_id);
+
+	if (outbox_ready && batch_ready)
+		return source_id(outbox) < source_id(batch) ? outbox : batch;
+	return outbox_ready ? outbox : batch_ready ? batch : NULL;
+}
+
+static void
+batch_bytes_of(Datum *elements, bool *nulls, int i, const char **data,
+			   size_t *len)
+{
+	*data = NULL;
+	*len = 0;
+	if (nulls[i])
+		return;
+	*data = VARDATA_ANY(DatumGetPointer(elements[i]));
+	*len = VARSIZE_ANY_EXHDR(DatumGetPointer(elements[i]));
+}
+
+/* The source's next message, its payload where the source keeps it. */
+static void
+source_message(KpScanSource *src, KpMessage *msg)
+{
+	TupleTableSlot *slot = src->slot;
+
+	msg->id = source_id(src);
+	msg->outbox_row.tid = slot->tts_tid;
+	msg->outbox_row.xmin = raw_xmin(slot);
+	/* before the headers, which librdkafka owns once they are made */
+	msg->headers = NULL;
+	if (src->batched)
+	{
+		msg->outbox_row.batch_first_id = src->first_id;
+		msg->topic = src->topic;
+		batch_bytes_of(src->keys, src->key_nulls, src->next, &msg->key,
+					   &msg->key_len);
+		batch_bytes_of(src->values, src->value_nulls, src->next, &msg->value,
+					   &msg->value_len);
+		msg->partition = RD_KAFKA_PARTITION_UA;
+		return;
+	}
+	msg->outbox_row.batch_first_id = 0;
+	msg->topic = TextDatumGetCString(slot->tts_values[OUTBOX_TOPIC]);
+	bytes_of(slot, OUTBOX_KEY, &msg->key, &msg->key_len);
+	bytes_of(slot, OUTBOX_VALUE, &msg->value, &msg->value_len);
+	msg->partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
+		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
+}
+
+/* Hands the source's next message to the producer. */
 static KpSendResult
-send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
+send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
 {
 	KpMessage	msg;
 
-	msg.id = id;
-	msg.outbox_row.tid = slot->tts_tid;
-	msg.outbox_row.xmin = raw_xmin(slot);
-	msg.topic = TextDatumGetCString(slot->tts_values[OUTBOX_TOPIC]);
-	bytes_of(slot, OUTBOX_KEY, &msg.key, &msg.key_len);
-	bytes_of(slot, OUTBOX_VALUE, &msg.value, &msg.value_len);
-	msg.partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
-		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
-	/* before the headers, which librdkafka owns once they are made */
-	msg.headers = NULL;
+	source_message(src, &msg);
 	if (kp_registry_enabled())
 	{
 		KpSendResult held_or_refused = frame_for_registry(&msg, buf);
@@ -251,20 +464,21 @@ send_row(TupleTableSlot *slot, int64 id, KpReportBuffer *buf, size_t *bytes)
 		if (held_or_refused != KP_SEND_QUEUED)
 			return held_or_refused;
 	}
-	if (!slot->tts_isnull[OUTBOX_HEADERS])
-		msg.headers = kp_headers_from_jsonb(DatumGetJsonbP(slot->tts_values[OUTBOX_HEADERS]));
+	if (!src->batched && !src->slot->tts_isnull[OUTBOX_HEADERS])
+		msg.headers = kp_headers_from_jsonb(DatumGetJsonbP(src->slot->tts_values[OUTBOX_HEADERS]));
 	*bytes += msg.key_len + msg.value_len;
 	return kp_producer_send(&msg, buf);
 }
 
 /*
- * Sends the messages after after_id in id order, skipping those already
- * in flight, until max_messages are sent, a batch is full, librdkafka's
- * queue is, or a message must wait for the schema registry.  Returns the
- * id up to which everything is now in flight or done: the next scan
- * starts after it.
+ * Sends the messages after after_id in id order, from kafka.outbox and
+ * kafka.outbox_batch, skipping those already in flight, until max_messages
+ * are sent or a batch is full (but never leaving a batch row half sent),
+ * librdkafka's queue is, or a message must wait for the schema registry.
+ * Returns the id up to which everything is now in flight or done: the next
+ * scan starts after it.
  *
- * The scan walks the primary key index itself rather than asking the
+ * The scan walks the primary key indexes itself rather than asking the
  * planner: a queue table's statistics are always stale (it was empty at
  * the last ANALYZE, or full), and a plan that sorts the whole outbox for
  * each batch made draining a million messages five times slower.
@@ -273,39 +487,35 @@ int64
 kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 					 bool *queue_full)
 {
-	Relation	rel = kp_outbox_open(AccessShareLock);
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel),
-								   AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	IndexScanDesc scan = index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
-	MemoryContext row_context = AllocSetContextCreate(CurrentMemoryContext,
-													  "kafka_producer row",
-													  ALLOCSET_DEFAULT_SIZES);
-	ScanKeyData key;
+	KpScanSource outbox;
+	KpScanSource batch;
+	KpScanSource *src;
+	MemoryContext message_context = AllocSetContextCreate(CurrentMemoryContext,
+														  "kafka_producer message",
+														  ALLOCSET_DEFAULT_SIZES);
 	int64		last_id = after_id;
 	int			sent = 0;
 	size_t		bytes = 0;
 
 	*queue_full = false;
 	max_messages = Min(max_messages, KP_BATCH_MESSAGES);
-	ScanKeyInit(&key, 1, BTGreaterStrategyNumber, F_INT8GT,
-				Int64GetDatum(after_id));
-	index_rescan(scan, &key, 1, NULL, 0);
+	source_open(&outbox, false, after_id);
+	source_open(&batch, true, after_id);
 
-	while (sent < max_messages && bytes < KP_BATCH_BYTES &&
-		   index_getnext_slot(scan, ForwardScanDirection, slot))
+	while ((src = next_source(&outbox, &batch, last_id)) != NULL)
 	{
-		int64		id;
+		int64		id = source_id(src);
+		bool		mid_row = src->next > 0;
 
-		slot_getallattrs(slot);
-		id = DatumGetInt64(slot->tts_values[OUTBOX_ID]);
+		if ((sent >= max_messages || bytes >= KP_BATCH_BYTES) && !mid_row)
+			break;
 		if (!kp_producer_is_in_flight(id))
 		{
-			MemoryContext outer = MemoryContextSwitchTo(row_context);
-			KpSendResult result = send_row(slot, id, buf, &bytes);
+			MemoryContext outer = MemoryContextSwitchTo(message_context);
+			KpSendResult result = send_next(src, buf, &bytes);
 
 			MemoryContextSwitchTo(outer);
-			MemoryContextReset(row_context);
+			MemoryContextReset(message_context);
 			if (result == KP_SEND_QUEUE_FULL)
 				*queue_full = true;
 			if (result == KP_SEND_QUEUE_FULL || result == KP_SEND_HELD_BACK)
@@ -313,13 +523,12 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 			sent++;
 		}
 		last_id = id;
+		src->next++;
 	}
 
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	MemoryContextDelete(row_context);
-	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	source_close(&outbox);
+	source_close(&batch);
+	MemoryContextDelete(message_context);
 	return last_id;
 }
 
@@ -449,12 +658,8 @@ static KpSlotCache delivered_slots;
 static void
 delivered_writer_open(KpBatchWriter *writer)
 {
-	Relation	rel = table_open(kp_relation_oid("delivered"), RowExclusiveLock);
-
-	if (RelationGetDescr(rel)->natts != DELIVERED_NATTS)
-		elog(ERROR, "kafka.delivered has %d columns, expected %d",
-			 RelationGetDescr(rel)->natts, DELIVERED_NATTS);
-	kp_batch_open(writer, rel, &delivered_slots);
+	kp_batch_open(writer, open_table("delivered", DELIVERED_NATTS, RowExclusiveLock),
+				  &delivered_slots);
 }
 
 static void
@@ -464,9 +669,19 @@ delivered_writer_close(KpBatchWriter *writer)
 	table_close(writer->rel, NoLock);
 }
 
-/* Adds the delivery record of outbox row, reported delivered by report. */
+/* what a delivery record keeps of a message besides its report */
+typedef struct KpDeliveredMessage
+{
+	Datum		topic;
+	Datum		key;
+	bool		key_isnull;
+	int32		attempts;		/* before this one */
+	Datum		enqueued_at;
+} KpDeliveredMessage;
+
+/* Adds the delivery record of msg, reported delivered by report. */
 static void
-delivered_writer_add(KpBatchWriter *writer, TupleTableSlot *outbox_row,
+delivered_writer_add(KpBatchWriter *writer, KpDeliveredMessage *msg,
 					 KpReport *report)
 {
 	TupleTableSlot *slot;
@@ -478,15 +693,14 @@ delivered_writer_add(KpBatchWriter *writer, TupleTableSlot *outbox_row,
 	nulls = slot->tts_isnull;
 	memset(nulls, false, DELIVERED_NATTS * sizeof(bool));
 	values[DELIVERED_ID] = Int64GetDatum(report->id);
-	values[DELIVERED_TOPIC] = outbox_row->tts_values[OUTBOX_TOPIC];
-	values[DELIVERED_KEY] = outbox_row->tts_values[OUTBOX_KEY];
-	nulls[DELIVERED_KEY] = outbox_row->tts_isnull[OUTBOX_KEY];
+	values[DELIVERED_TOPIC] = msg->topic;
+	values[DELIVERED_KEY] = msg->key;
+	nulls[DELIVERED_KEY] = msg->key_isnull;
 	values[DELIVERED_PARTITION] = Int32GetDatum(report->partition);
 	values[DELIVERED_OFFSET] = Int64GetDatum(report->offset);
 	nulls[DELIVERED_OFFSET] = report->offset < 0;
-	values[DELIVERED_ATTEMPTS] =
-		Int32GetDatum(DatumGetInt32(outbox_row->tts_values[OUTBOX_ATTEMPTS]) + 1);
-	values[DELIVERED_ENQUEUED_AT] = outbox_row->tts_values[OUTBOX_ENQUEUED_AT];
+	values[DELIVERED_ATTEMPTS] = Int32GetDatum(msg->attempts + 1);
+	values[DELIVERED_ENQUEUED_AT] = msg->enqueued_at;
 	values[DELIVERED_AT] =
 		TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	ExecStoreVirtualTuple(slot);
@@ -496,8 +710,7 @@ delivered_writer_add(KpBatchWriter *writer, TupleTableSlot *outbox_row,
 }
 
 static bool
-outbox_row_by_id(Relation rel, Relation primary_key, int64 id,
-				 TupleTableSlot *slot)
+row_by_id(Relation rel, Relation primary_key, int64 id, TupleTableSlot *slot)
 {
 	IndexScanDesc scan = index_beginscan(rel, primary_key, GetActiveSnapshot(),
 										 1, 0);
@@ -512,33 +725,329 @@ outbox_row_by_id(Relation rel, Relation primary_key, int64 id,
 }
 
 /*
- * Finds the version of a delivered message's outbox row that the worker
- * read: where it read it, or, if a rewrite (VACUUM FULL, CLUSTER) moved
- * it, through the primary key.  An UPDATE makes a version that was not
- * sent: not found.  nblocks is the outbox's size.
+ * Finds the version sent of the row whose first column is id: where the
+ * worker read it, or, if a rewrite (VACUUM FULL, CLUSTER) moved it,
+ * through the primary key.  An UPDATE makes a version that was not sent:
+ * not found.  nblocks is the table's size.
  */
 static bool
-fetch_outbox_row(Relation rel, Relation primary_key, BlockNumber nblocks,
-				 int64 id, TupleTableSlot *slot)
+fetch_sent_row(Relation rel, Relation primary_key, BlockNumber nblocks,
+			   int64 id, KpRowVersion *sent, TupleTableSlot *slot)
 {
-	KpRowVersion sent;
-
-	if (!kp_producer_outbox_row(id, &sent))
-		return false;
 	/* a rewrite may also have left the old position beyond the end */
-	if (ItemPointerGetBlockNumber(&sent.tid) < nblocks &&
-		table_tuple_fetch_row_version(rel, &sent.tid, GetActiveSnapshot(),
+	if (ItemPointerGetBlockNumber(&sent->tid) < nblocks &&
+		table_tuple_fetch_row_version(rel, &sent->tid, GetActiveSnapshot(),
 									  slot))
 	{
 		slot_getallattrs(slot);
-		if (DatumGetInt64(slot->tts_values[OUTBOX_ID]) == id &&
-			raw_xmin(slot) == sent.xmin)
+		if (DatumGetInt64(slot->tts_values[0]) == id &&
+			raw_xmin(slot) == sent->xmin)
 			return true;
 	}
-	if (!outbox_row_by_id(rel, primary_key, id, slot))
+	if (!row_by_id(rel, primary_key, id, slot))
 		return false;
 	slot_getallattrs(slot);
-	return raw_xmin(slot) == sent.xmin;
+	return raw_xmin(slot) == sent->xmin;
+}
+
+/* Deletes the row version in slot; false if someone else changed it first. */
+static bool
+delete_sent_row(Relation rel, TupleTableSlot *slot, CommandId cid)
+{
+	TM_FailureData failure;
+
+	return table_tuple_delete(rel, &slot->tts_tid, cid, GetActiveSnapshot(),
+							  InvalidSnapshot, true, &failure, false) == TM_Ok;
+}
+
+/* Forms and inserts a row of rel; its position in *tid. */
+void
+kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values, bool *nulls,
+			  ItemPointer tid)
+{
+	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+
+	simple_heap_insert(rel, tuple);
+	kp_indexes_insert(indexes, rel, &tuple->t_self, values, nulls);
+	if (tid != NULL)
+		*tid = tuple->t_self;
+	heap_freetuple(tuple);
+}
+
+/* ---------------------------------------------------------------------
+ * kafka.outbox_batch rows: recorded when all of their messages are
+ * delivered; until then their delivered reports are held, unless one of
+ * their messages failed, was returned or is not in flight, and then the
+ * undelivered messages move to kafka.outbox, a row each, to be retried
+ * or failed there.
+ * ---------------------------------------------------------------------
+ */
+
+/* What a record step writes besides rows. */
+typedef struct KpRecording
+{
+	Relation	batch;
+	Relation	batch_key;
+	BlockNumber batch_blocks;
+	Relation	outbox;
+	KpIndexes	outbox_indexes;
+	TupleTableSlot *row;
+	KpBatchWriter *delivered;
+	int64	   *delivered_ids;
+	int			delivered_count;
+} KpRecording;
+
+/*
+ * In-flight messages moved out of a batch row by the current record step,
+ * told to the producer once that step commits.
+ */
+typedef struct KpMove
+{
+	int64		id;
+	KpRowVersion row;
+} KpMove;
+
+static KpMove *moves = NULL;
+static int	move_count = 0;
+static int	move_capacity = 0;
+
+static void
+remember_move(int64 id, ItemPointer tid)
+{
+	if (move_count == move_capacity)
+	{
+		move_capacity = Max(256, move_capacity * 2);
+		moves = moves == NULL ?
+			MemoryContextAlloc(TopMemoryContext, move_capacity * sizeof(KpMove)) :
+			repalloc(moves, move_capacity * sizeof(KpMove));
+	}
+	moves[move_count].id = id;
+	moves[move_count].row.tid = *tid;
+	moves[move_count].row.xmin = GetCurrentTransactionId();
+	moves[move_count].row.batch_first_id = 0;
+	move_count++;
+}
+
+void
+kp_outbox_apply_moves(void)
+{
+	for (int i = 0; i < move_count; i++)
+		kp_producer_moved(moves[i].id, &moves[i].row);
+	move_count = 0;
+}
+
+/* a report on a message of a batch row */
+typedef struct KpBatchReport
+{
+	KpRowVersion row;
+	KpReport   *report;
+} KpBatchReport;
+
+static int
+compare_batch_reports(const void *a, const void *b)
+{
+	const KpReport *x = ((const KpBatchReport *) a)->report;
+	const KpReport *y = ((const KpBatchReport *) b)->report;
+
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	/* a message's delivery before its return by a producer that stopped */
+	return (x->outcome != KP_DELIVERED) - (y->outcome != KP_DELIVERED);
+}
+
+static void
+record_batch_delivery(KpRecording *rec, KpDeliveredMessage *msg,
+					  KpReport *report)
+{
+	delivered_writer_add(rec->delivered, msg, report);
+	rec->delivered_ids[rec->delivered_count++] = report->id;
+}
+
+/* Moves message i of the batch row in rec->row to a kafka.outbox row. */
+static void
+move_to_outbox(KpRecording *rec, int64 id, KpDeliveredMessage *msg,
+			   Datum value, bool value_isnull)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS] = {false};
+	ItemPointerData tid;
+
+	values[OUTBOX_ID] = Int64GetDatum(id);
+	values[OUTBOX_TOPIC] = msg->topic;
+	values[OUTBOX_KEY] = msg->key;
+	nulls[OUTBOX_KEY] = msg->key_isnull;
+	values[OUTBOX_VALUE] = value;
+	nulls[OUTBOX_VALUE] = value_isnull;
+	nulls[OUTBOX_HEADERS] = true;
+	nulls[OUTBOX_PARTITION] = true;
+	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
+	nulls[OUTBOX_LAST_ERROR] = true;
+	values[OUTBOX_ENQUEUED_AT] = msg->enqueued_at;
+	kp_insert_row(rec->outbox, &rec->outbox_indexes, values, nulls, &tid);
+	/* a report still to come must find the message where it now is */
+	if (kp_producer_is_in_flight(id))
+		remember_move(id, &tid);
+}
+
+/*
+ * Records the reports on the messages of one batch row, by[i] the report
+ * on message first_id + i or NULL: all delivered, the row goes; else the
+ * reports wait (held) while the rest are in flight; else the row's
+ * undelivered messages move to kafka.outbox.
+ */
+static void
+record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
+				 Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls)
+{
+	TupleTableSlot *row = rec->row;
+	KpDeliveredMessage msg;
+	int			delivered = 0;
+	bool		waiting_only = true;
+
+	for (int i = 0; i < count; i++)
+	{
+		if (by[i] != NULL && by[i]->outcome == KP_DELIVERED)
+			delivered++;
+		else if (by[i] != NULL || !kp_producer_is_in_flight(first_id + i))
+			waiting_only = false;
+	}
+	if (delivered < count && waiting_only)
+	{
+		for (int i = 0; i < count; i++)
+			if (by[i] != NULL)
+				by[i]->held = true;
+		return;
+	}
+	if (!delete_sent_row(rec->batch, row, rec->delivered->cid))
+	{
+		kp_shmem_request_rescan(first_id);
+		return;
+	}
+	msg.topic = row->tts_values[BATCH_TOPIC];
+	msg.attempts = 0;
+	msg.enqueued_at = row->tts_values[BATCH_ENQUEUED_AT];
+	for (int i = 0; i < count; i++)
+	{
+		msg.key = keys[i];
+		msg.key_isnull = key_nulls[i];
+		if (by[i] != NULL && by[i]->outcome == KP_DELIVERED)
+			record_batch_delivery(rec, &msg, by[i]);
+		else
+		{
+			move_to_outbox(rec, first_id + i, &msg, values[i], value_nulls[i]);
+			/* failures are recorded on the moved rows, with the others */
+			if (by[i] != NULL)
+				by[i]->done_with_batch = false;
+		}
+	}
+}
+
+/* Records reports[0 .. n - 1], on messages of the batch row first_id. */
+static void
+record_batch_reports(KpRecording *rec, KpBatchReport *reports, int n)
+{
+	int64		first_id = reports[0].row.batch_first_id;
+	Datum	   *keys;
+	bool	   *key_nulls;
+	Datum	   *values;
+	bool	   *value_nulls;
+	int			count;
+	int			value_count;
+	KpReport  **by;
+
+	for (int i = 0; i < n; i++)
+		reports[i].report->done_with_batch = true;
+	if (!fetch_sent_row(rec->batch, rec->batch_key, rec->batch_blocks, first_id,
+						&reports[0].row, rec->row))
+	{
+		/* a new version, if any, must be found by a scan to be sent */
+		kp_shmem_request_rescan(first_id);
+		return;
+	}
+	deconstruct_bytes(rec->row->tts_values[BATCH_KEYS], &keys, &key_nulls, &count);
+	deconstruct_bytes(rec->row->tts_values[BATCH_VALUES], &values, &value_nulls,
+					  &value_count);
+	by = palloc0(count * sizeof(KpReport *));
+	for (int i = 0; i < n; i++)
+	{
+		KpReport   *report = reports[i].report;
+		int64		index = report->id - first_id;
+
+		/* sorted: a delivery comes before a return of the same message */
+		if (index >= 0 && index < Min(count, value_count) && by[index] == NULL)
+			by[index] = report;
+	}
+	record_batch_row(rec, first_id, by, Min(count, value_count), keys,
+					 key_nulls, values, value_nulls);
+	ExecClearTuple(rec->row);
+}
+
+static void
+recording_open(KpRecording *rec, KpBatchWriter *delivered, int capacity)
+{
+	rec->batch = kp_outbox_batch_open(RowExclusiveLock);
+	rec->batch_key = index_open(RelationGetPrimaryKeyIndex(rec->batch),
+								AccessShareLock);
+	rec->batch_blocks = RelationGetNumberOfBlocks(rec->batch);
+	rec->outbox = kp_outbox_open(RowExclusiveLock);
+	kp_indexes_open(rec->outbox, &rec->outbox_indexes);
+	rec->row = table_slot_create(rec->batch, NULL);
+	rec->delivered = delivered;
+	delivered_writer_open(delivered);
+	rec->delivered_ids = palloc(capacity * sizeof(int64));
+	rec->delivered_count = 0;
+}
+
+static void
+recording_close(KpRecording *rec)
+{
+	delivered_writer_close(rec->delivered);
+	ExecDropSingleTupleTableSlot(rec->row);
+	kp_indexes_close(&rec->outbox_indexes);
+	table_close(rec->outbox, NoLock);
+	index_close(rec->batch_key, AccessShareLock);
+	table_close(rec->batch, NoLock);
+	CommandCounterIncrement();
+	kp_notify_ids("delivered", rec->delivered_ids, rec->delivered_count);
+}
+
+/*
+ * Records the reports in buf on messages of kafka.outbox_batch rows, and
+ * marks them done_with_batch, or held.
+ */
+static void
+record_batches(KpReportBuffer *buf)
+{
+	KpBatchReport *reports = palloc(buf->count * sizeof(KpBatchReport));
+	KpRecording rec;
+	KpBatchWriter delivered;
+	int			n = 0;
+	int			start = 0;
+
+	for (int i = 0; i < buf->count; i++)
+	{
+		KpRowVersion row;
+
+		if (kp_producer_outbox_row(buf->reports[i].id, &row) &&
+			row.batch_first_id != 0)
+		{
+			reports[n].row = row;
+			reports[n].report = &buf->reports[i];
+			n++;
+		}
+	}
+	if (n == 0)
+		return;
+	qsort(reports, n, sizeof(KpBatchReport), compare_batch_reports);
+	recording_open(&rec, &delivered, n);
+	for (int i = 1; i <= n; i++)
+	{
+		if (i < n && reports[i].row.batch_first_id == reports[start].row.batch_first_id)
+			continue;
+		record_batch_reports(&rec, reports + start, i - start);
+		start = i;
+	}
+	recording_close(&rec);
 }
 
 /*
@@ -566,21 +1075,26 @@ record_delivered(KpReportBuffer *buf, int count)
 	for (int i = 0; i < buf->count; i++)
 	{
 		KpReport   *report = &buf->reports[i];
-		TM_FailureData failure;
+		KpRowVersion sent;
+		KpDeliveredMessage msg;
 
-		if (report->outcome != KP_DELIVERED)
+		if (report->outcome != KP_DELIVERED || report->done_with_batch)
 			continue;
-		if (!fetch_outbox_row(outbox, primary_key, nblocks, report->id,
-							  outbox_row) ||
-			table_tuple_delete(outbox, &outbox_row->tts_tid, writer.cid,
-							   GetActiveSnapshot(), InvalidSnapshot, true,
-							   &failure, false) != TM_Ok)
+		if (!kp_producer_outbox_row(report->id, &sent) ||
+			!fetch_sent_row(outbox, primary_key, nblocks, report->id, &sent,
+							outbox_row) ||
+			!delete_sent_row(outbox, outbox_row, writer.cid))
 		{
 			/* a new version, if any, must be found by a scan to be sent */
 			kp_shmem_request_rescan(report->id);
 			continue;
 		}
-		delivered_writer_add(&writer, outbox_row, report);
+		msg.topic = outbox_row->tts_values[OUTBOX_TOPIC];
+		msg.key = outbox_row->tts_values[OUTBOX_KEY];
+		msg.key_isnull = outbox_row->tts_isnull[OUTBOX_KEY];
+		msg.attempts = DatumGetInt32(outbox_row->tts_values[OUTBOX_ATTEMPTS]);
+		msg.enqueued_at = outbox_row->tts_values[OUTBOX_ENQUEUED_AT];
+		delivered_writer_add(&writer, &msg, report);
 		ExecClearTuple(outbox_row);
 		ids[recorded++] = report->id;
 	}
@@ -613,7 +1127,8 @@ record_failures(KpReportBuffer *buf, int count)
 	{
 		KpReport   *r = &buf->reports[i];
 
-		if (r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE)
+		if ((r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE) ||
+			r->done_with_batch)
 			continue;
 		ids[n] = Int64GetDatum(r->id);
 		codes[n] = CStringGetTextDatum(kp_report_error_name(r));
@@ -660,8 +1175,15 @@ kp_outbox_record(KpReportBuffer *buf)
 	int			delivered = 0;
 	int			failed = 0;
 
+	/* this may be a second try after an error */
+	move_count = 0;
+	for (int i = 0; i < buf->count; i++)
+		buf->reports[i].held = buf->reports[i].done_with_batch = false;
+	record_batches(buf);
 	for (int i = 0; i < buf->count; i++)
 	{
+		if (buf->reports[i].done_with_batch)
+			continue;
 		if (buf->reports[i].outcome == KP_DELIVERED)
 			delivered++;
 		else if (buf->reports[i].outcome != KP_RETURNED)

@@ -123,6 +123,8 @@ kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 	report->err = err;
 	report->error_name = NULL;
 	report->error_text = NULL;
+	report->held = false;
+	report->done_with_batch = false;
 }
 
 /* Adds a failure that is ours, not Kafka's: error_name says what. */
@@ -561,6 +563,16 @@ kp_producer_outbox_row(int64 id, KpRowVersion *row)
 		return false;
 	*row = entry->outbox_row;
 	return true;
+}
+
+/* In-flight message id's row is now row: its own, moved out of a batch. */
+void
+kp_producer_moved(int64 id, KpRowVersion *row)
+{
+	KpInFlight *entry = in_flight_lookup(in_flight, id);
+
+	if (entry != NULL)
+		entry->outbox_row = *row;
 }
 
 void

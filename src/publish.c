@@ -126,6 +126,10 @@ load_options(KpPublication *pub, Relation rel)
 	bool		isnull;
 	Datum		columns;
 
+	KpSavedUser saved;
+
+	/* whoever changed the table, with or without rights on kafka.* */
+	kp_begin_as_owner(&saved);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
@@ -166,6 +170,7 @@ load_options(KpPublication *pub, Relation rel)
 		pub->filter = InvalidOid;
 	pub->avro = DatumGetBool(SPI_getbinval(row, desc, 7, &isnull));
 	SPI_finish();
+	kp_end_as_owner(&saved);
 }
 
 /*

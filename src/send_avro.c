@@ -76,6 +76,7 @@ store_schema(KpAvroSchema *schema, const char *subject)
 	MemoryContext old;
 	KpStoredSchema *copy;
 	ListCell   *lc;
+	KpSavedUser saved;
 
 	if (stored == NULL)
 	{
@@ -99,6 +100,8 @@ store_schema(KpAvroSchema *schema, const char *subject)
 	args[0] = PointerGetDatum(fingerprint_bytes(key.fingerprint));
 	args[1] = CStringGetTextDatum(subject);
 	args[2] = CStringGetTextDatum(kp_avro_schema_json(schema));
+	/* whoever enqueues the message, with or without rights on kafka.* */
+	kp_begin_as_owner(&saved);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("INSERT INTO kafka.schemas (fingerprint, subject, schema) "
@@ -106,6 +109,7 @@ store_schema(KpAvroSchema *schema, const char *subject)
 							  3, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not store Avro schema of subject \"%s\"", subject);
 	SPI_finish();
+	kp_end_as_owner(&saved);
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	copy = palloc(sizeof(KpStoredSchema));
 	memcpy(copy, &key, sizeof(key));

@@ -24,6 +24,9 @@
 #include "kafka_producer.h"
 
 static KpSharedState *kp_shared = NULL;
+static LWLock *id_block_lock = NULL;
+
+#define KP_ID_BLOCK_TRANCHE "kafka_producer id blocks"
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -35,6 +38,7 @@ kp_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
 	RequestAddinShmemSpace(MAXALIGN(kp_commit_wait_shmem_size()));
 	RequestAddinShmemSpace(MAXALIGN(kp_sync_shmem_size()));
+	RequestNamedLWLockTranche(KP_ID_BLOCK_TRANCHE, 1);
 }
 
 static void
@@ -65,7 +69,18 @@ kp_shmem_startup(void)
 	}
 	kp_commit_wait_shmem_init();
 	kp_sync_shmem_init();
+	id_block_lock = &GetNamedLWLockTranche(KP_ID_BLOCK_TRANCHE)->lock;
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Held while a backend takes a block of message ids one after another, so
+ * that another backend's block does not interleave with it.
+ */
+LWLock *
+kp_shmem_id_block_lock(void)
+{
+	return id_block_lock;
 }
 
 void

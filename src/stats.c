@@ -96,7 +96,9 @@ pending_messages(void)
 	int64		pending;
 
 	if (SPI_connect() != SPI_OK_CONNECT ||
-		SPI_execute("SELECT count(*) FROM kafka.outbox", true, 1) != SPI_OK_SELECT)
+		SPI_execute("SELECT (SELECT count(*) FROM kafka.outbox) + "
+					"(SELECT coalesce(sum(cardinality(keys)), 0) FROM kafka.outbox_batch)::bigint",
+					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count pending Kafka messages");
 	pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));

@@ -24,7 +24,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/sequence.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -347,7 +346,7 @@ kafka_send_sync(PG_FUNCTION_ARGS)
 	kp_message_from_args(fcinfo, &msg);
 	kp_message_check(&msg);
 
-	id = nextval_internal(kp_relation_oid("message_id_seq"), false);
+	id = kp_next_message_id();
 	write_message(&msg, id, &segment);
 	PG_TRY();
 	{

@@ -53,11 +53,13 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
  * Messages handed to librdkafka but not yet recorded.  Recording is the
  * slower half of the pipeline, so a few batches keep librdkafka busy; more
  * would only widen what a crash resends (acknowledged, not yet recorded).
- * A hard cap: a batch never takes the count past it.
+ * A batch never takes the count past it but to finish a kafka.outbox_batch
+ * row.
  */
 #define KP_MAX_IN_FLIGHT 30000
 
 static KpReportBuffer reports;
+static KpReportBuffer held;		/* deliveries whose batch row is not done */
 static int64 scan_after = 0;	/* next scan reads ids above this */
 static bool rewinding = false;	/* resend pending: drain, then rescan */
 static bool queue_full = false;
@@ -293,6 +295,15 @@ count_outcome(KpReport *report)
 										 report->id));
 }
 
+/* Adds a delivery report to buf. */
+static void
+copy_report(KpReportBuffer *buf, KpReport *report)
+{
+	Assert(report->outcome == KP_DELIVERED);
+	kp_report_add(buf, report->id, report->outcome, report->partition,
+				  report->offset, report->err);
+}
+
 /*
  * Writes the buffered reports, and kafka_send_sync()'s outcomes when they
  * are due or all is true.  Once the reports are committed their messages
@@ -306,8 +317,13 @@ record_reports(bool all)
 
 	if (reports.count == 0 && !kp_sync_record_due(all) && !prune_due())
 		return true;
+	/* new reports may complete the batch rows of held ones */
+	for (int i = 0; i < held.count; i++)
+		copy_report(&reports, &held.reports[i]);
+	kp_report_clear(&held);
 	if (!run_guarded(record_step))
 		return false;
+	kp_outbox_apply_moves();
 	kp_sync_forget_recorded();
 	if (reports.count > 0 || sync_recorded > 0)
 		kp_shmem_announce_outcomes();
@@ -315,6 +331,11 @@ record_reports(bool all)
 	{
 		KpReport   *report = &reports.reports[i];
 
+		if (report->held)
+		{
+			copy_report(&held, report);
+			continue;
+		}
 		kp_producer_forget(report->id);
 		count_outcome(report);
 		resend |= (report->outcome == KP_RETRIABLE ||
