@@ -18,6 +18,10 @@ CREATE SEQUENCE kafka.message_id_seq;
  * Messages waiting for Kafka's acknowledgement: inserted by kafka_send(),
  * deleted by the worker in the same statement that records their delivery.
  * Only undelivered rows live here, so the worker's ordered scans stay short.
+ * VACUUM leaves its emptied pages in place (vacuum_truncate): the next
+ * messages reuse them rather than extend the file a page at a time, and
+ * VACUUM never takes the ACCESS EXCLUSIVE lock that truncating would, which
+ * would hold up every session enqueueing meanwhile.
  */
 CREATE TABLE kafka.outbox (
 	id bigint PRIMARY KEY,
@@ -30,7 +34,8 @@ CREATE TABLE kafka.outbox (
 	last_error text,
 	enqueued_at timestamptz NOT NULL
 ) WITH (autovacuum_vacuum_scale_factor = 0.01,
-		autovacuum_vacuum_insert_scale_factor = 0.01);
+		autovacuum_vacuum_insert_scale_factor = 0.01,
+		vacuum_truncate = false);
 
 /*
  * Messages enqueued by the change-publishing trigger, several to a row:
@@ -42,6 +47,7 @@ CREATE TABLE kafka.outbox (
  * does kafka.outbox rows, deletes a row once all of its messages are
  * delivered, and moves its messages to kafka.outbox when one fails or must
  * be sent again.  kafka.pending shows both tables a message per row.
+ * VACUUM leaves its pages in place, as it does kafka.outbox's.
  */
 CREATE TABLE kafka.outbox_batch (
 	first_id bigint PRIMARY KEY,
@@ -51,7 +57,8 @@ CREATE TABLE kafka.outbox_batch (
 	enqueued_at timestamptz NOT NULL
 ) WITH (toast_tuple_target = 8160,
 		autovacuum_vacuum_scale_factor = 0.01,
-		autovacuum_vacuum_insert_scale_factor = 0.01);
+		autovacuum_vacuum_insert_scale_factor = 0.01,
+		vacuum_truncate = false);
 
 /* Every undelivered message, with its payload. */
 CREATE VIEW kafka.pending AS

@@ -84,6 +84,7 @@ kp_json_column_init(KpJsonColumn *column, Oid typid, MemoryContext mcxt)
 		return;
 	}
 	column->kind = kind_of(base);
+	column->typid = base;
 	getTypeOutputInfo(base, &output, &isvarlena);
 	fmgr_info_cxt(output, &column->output, mcxt);
 }
@@ -124,6 +125,15 @@ append_float(StringInfo out, KpJsonColumn *column, Datum value)
 		appendStringInfoString(out, text);
 }
 
+/* a string that needs no escaping: digits, signs, colons, dots, letters */
+static void
+append_quoted(StringInfo out, const char *str)
+{
+	appendStringInfoChar(out, '"');
+	appendStringInfoString(out, str);
+	appendStringInfoChar(out, '"');
+}
+
 static void
 append_date(StringInfo out, DateADT date, KpTimeFormat format)
 {
@@ -142,7 +152,7 @@ append_date(StringInfo out, DateADT date, KpTimeFormat format)
 	}
 	j2date(date + POSTGRES_EPOCH_JDATE, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
 	EncodeDateOnly(&tm, USE_XSD_DATES, buf);
-	escape_json(out, buf);
+	append_quoted(out, buf);
 }
 
 static void
@@ -159,7 +169,7 @@ append_time(StringInfo out, TimeADT time, KpTimeFormat format)
 	}
 	time2tm(time, &tm, &fsec);
 	EncodeTimeOnly(&tm, fsec, false, 0, USE_XSD_DATES, buf);
-	escape_json(out, buf);
+	append_quoted(out, buf);
 }
 
 /*
@@ -193,7 +203,7 @@ append_timestamp(StringInfo out, Timestamp ts, bool utc, KpTimeFormat format)
 	EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, buf);
 	if (utc)
 		strcat(buf, "Z");
-	escape_json(out, buf);
+	append_quoted(out, buf);
 }
 
 /* The elements of dimension dim on, from *next on, as nested JSON arrays. */
@@ -242,6 +252,31 @@ append_array(StringInfo out, KpJsonColumn *column, Datum value,
 					 elements, nulls, &next, format);
 }
 
+/* an integer as its digits, without the output function's palloc */
+static void
+append_integer(StringInfo out, Oid typid, Datum value)
+{
+	int64		number;
+
+	switch (typid)
+	{
+		case INT2OID:
+			number = DatumGetInt16(value);
+			break;
+		case INT4OID:
+			number = DatumGetInt32(value);
+			break;
+		case OIDOID:
+			number = DatumGetObjectId(value);
+			break;
+		default:
+			number = DatumGetInt64(value);
+			break;
+	}
+	enlargeStringInfo(out, MAXINT8LEN + 1);
+	out->len += pg_lltoa(number, out->data + out->len);
+}
+
 /* Appends one value, or null. */
 void
 kp_json_append_value(StringInfo out, KpJsonColumn *column, Datum value,
@@ -255,7 +290,7 @@ kp_json_append_value(StringInfo out, KpJsonColumn *column, Datum value,
 	switch (column->kind)
 	{
 		case KP_JSON_INTEGER:
-			appendStringInfoString(out, OutputFunctionCall(&column->output, value));
+			append_integer(out, column->typid, value);
 			break;
 		case KP_JSON_BOOL:
 			appendStringInfoString(out, DatumGetBool(value) ? "true" : "false");

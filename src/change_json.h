@@ -39,6 +39,7 @@ typedef enum KpJsonKind
 typedef struct KpJsonColumn
 {
 	KpJsonKind	kind;
+	Oid			typid;			/* the base type */
 	FmgrInfo	output;
 	struct KpJsonColumn *element;	/* KP_JSON_ARRAY */
 	Oid			element_type;

@@ -67,6 +67,8 @@ typedef struct KpPublication
 	bool	   *published;		/* per attribute: in before and after */
 	KpJsonColumn *columns;		/* per attribute */
 	char	  **names;			/* per attribute: the JSON-escaped name */
+	Datum	   *values;			/* room for a row's columns */
+	bool	   *nulls;
 	int			nkeys;
 	AttrNumber *keys;
 	char	   *source;			/* the constant members of "source" */
@@ -206,6 +208,8 @@ prepare_columns(KpPublication *pub, Relation rel)
 
 	pub->columns = palloc0(pub->natts * sizeof(KpJsonColumn));
 	pub->names = palloc0(pub->natts * sizeof(char *));
+	pub->values = palloc(pub->natts * sizeof(Datum));
+	pub->nulls = palloc(pub->natts * sizeof(bool));
 	for (int i = 0; i < pub->natts; i++)
 	{
 		Form_pg_attribute attr = TupleDescAttr(desc, i);
@@ -324,21 +328,20 @@ append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 		appendStringInfoString(out, "null");
 		return;
 	}
+	/* once, not a column at a time: heap_getattr is slow past a varlena */
+	heap_deform_tuple(tuple, desc, pub->values, pub->nulls);
 	appendStringInfoChar(out, '{');
 	for (int i = 0; i < pub->natts; i++)
 	{
-		bool		isnull;
-		Datum		value;
-
 		if (!pub->published[i])
 			continue;
-		value = heap_getattr(tuple, i + 1, desc, &isnull);
 		if (!first)
 			appendStringInfoChar(out, ',');
 		first = false;
 		appendStringInfoString(out, pub->names[i]);
 		appendStringInfoChar(out, ':');
-		kp_json_append_value(out, &pub->columns[i], value, isnull, pub->time_format);
+		kp_json_append_value(out, &pub->columns[i], pub->values[i],
+							 pub->nulls[i], pub->time_format);
 	}
 	appendStringInfoChar(out, '}');
 }
