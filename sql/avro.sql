@@ -46,6 +46,25 @@ SELECT subject, schema FROM kafka.schemas WHERE subject LIKE 'avro_points%';
 SELECT kafka_send_avro('avro_points', ROW(3, 4)::point2, key => 'k') > 0 AS sent;
 SELECT schema FROM kafka.schemas WHERE subject = 'avro_points-key';
 
+-- a value larger than the encoder's 64 kB scratch buffer, measured first
+SELECT kafka_send_avro('avro_big', repeat('x', 100000)) AS id \gset
+SELECT length(value) AS len, encode(substring(value from 11 for 3), 'hex') AS length_varint,
+	   length(replace(convert_from(substring(value from 14), 'UTF8'), 'x', '')) AS not_x
+  FROM kafka.pending WHERE id = :id;
+
+-- a schema stored by a subtransaction that rolled back is stored again
+CREATE TYPE point3 AS (x int, y int, z int);
+BEGIN;
+SAVEPOINT s;
+SELECT kafka_send_avro('avro_points3', ROW(1, 2, 3)::point3) > 0 AS sent;
+ROLLBACK TO SAVEPOINT s;
+SELECT kafka_send_avro('avro_points3', ROW(4, 5, 6)::point3) AS id \gset
+COMMIT;
+SELECT count(*) AS schema_of_the_message
+  FROM kafka.pending p JOIN kafka.schemas s ON s.fingerprint = substring(p.value from 3 for 8)
+ WHERE p.id = :id AND s.subject = 'avro_points3-value';
+DROP TYPE point3;
+
 -- bad input
 SELECT kafka_send_avro('avro_rows', ROW(1, 'x'));
 CREATE TABLE unsupported (id int, spot point);

@@ -85,6 +85,9 @@ typedef struct KpAvroField
 	KpAvroType type;
 } KpAvroField;
 
+/* what write_value() tries to write a value into before measuring it */
+#define KP_AVRO_SCRATCH_SIZE (64 * 1024)
+
 typedef struct KpAvroKey
 {
 	Oid			typid;
@@ -99,6 +102,8 @@ struct KpAvroSchema
 	struct KpAvroSchema *row;	/* an envelope: its before/after record */
 	int			nfields;
 	KpAvroField *fields;		/* a record's columns, by attribute number */
+	Datum	   *values;			/* room for a row's columns */
+	bool	   *nulls;
 	KpAvroType	scalar;			/* not a record: the one value's type */
 	char	   *json;			/* the full schema */
 	char	   *canonical;		/* its Parsing Canonical Form */
@@ -337,7 +342,8 @@ static char *schema_json(KpAvroSchema *schema, const char *name, bool canonical)
 
 /*
  * Debezium's envelope: before and after (the row record, nullable),
- * source, op and ts_ms.
+ * source, op and ts_ms.  kp_avro_encode_event sets the members by
+ * position: KpEnvelopeMember and KpSourceMember follow this order.
  */
 static char *
 envelope_json(KpAvroSchema *envelope, const char *name, bool canonical)
@@ -437,6 +443,8 @@ derive_fields(KpAvroSchema *schema, TupleDesc desc, const bool *include)
 	schema->is_record = true;
 	schema->nfields = desc->natts;
 	schema->fields = palloc0(desc->natts * sizeof(KpAvroField));
+	schema->values = palloc(desc->natts * sizeof(Datum));
+	schema->nulls = palloc(desc->natts * sizeof(bool));
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute attr = TupleDescAttr(desc, i);
@@ -652,12 +660,23 @@ set_decimal(avro_value_t *out, KpAvroType *type, Datum value)
 	check_avro(avro_value_set_bytes(out, bytes, nbytes));
 }
 
+/*
+ * A string without avro-c's copy: str must outlive the write of the
+ * value, as the publication's and the event's own strings do.
+ */
+static void
+set_string_in_place(avro_value_t *out, const char *str)
+{
+	avro_wrapped_buffer_t buffer;
+
+	check_avro(avro_wrapped_buffer_new_string(&buffer, str));
+	check_avro(avro_value_give_string_len(out, &buffer));
+}
+
 static void
 set_text(avro_value_t *out, const char *text)
 {
-	char	   *utf8 = pg_server_to_any(text, strlen(text), PG_UTF8);
-
-	check_avro(avro_value_set_string(out, utf8));
+	set_string_in_place(out, pg_server_to_any(text, strlen(text), PG_UTF8));
 }
 
 static int64
@@ -791,21 +810,23 @@ static void
 set_record_fields(avro_value_t *record, KpAvroSchema *schema, TupleDesc desc,
 				  HeapTuple tuple)
 {
+	/* the record's fields are the included columns, in column order */
+	size_t		index = 0;
+
+	Assert(desc->natts == schema->nfields);
+	heap_deform_tuple(tuple, desc, schema->values, schema->nulls);
 	for (int i = 0; i < schema->nfields; i++)
 	{
 		KpAvroField *field = &schema->fields[i];
 		avro_value_t out;
-		bool		isnull;
-		Datum		value;
 
 		if (field->name == NULL)
 			continue;
-		value = heap_getattr(tuple, i + 1, desc, &isnull);
-		check_avro(avro_value_get_by_name(record, field->name, &out, NULL));
+		check_avro(avro_value_get_by_index(record, index++, &out, NULL));
 		if (field->nullable)
-			set_nullable(&out, &field->type, value, isnull);
+			set_nullable(&out, &field->type, schema->values[i], schema->nulls[i]);
 		else
-			set_value(&out, &field->type, value);
+			set_value(&out, &field->type, schema->values[i]);
 	}
 }
 
@@ -824,24 +845,46 @@ set_record(KpAvroSchema *schema, HeapTupleHeader record)
 	ReleaseTupleDesc(desc);
 }
 
-/* schema's value, filled, in Avro binary after header_len bytes */
+/* Writes value into buffer; its length, or -1 if it does not fit. */
+static int64
+write_into(avro_value_t *value, char *buffer, size_t size)
+{
+	avro_writer_t writer = avro_writer_memory(buffer, size);
+	int			rc = avro_value_write(writer, value);
+	int64		written = avro_writer_tell(writer);
+
+	avro_writer_free(writer);
+	return rc == 0 ? written : -1;
+}
+
+/*
+ * schema's value, filled, in Avro binary after header_len bytes.  Most
+ * values fit the scratch buffer, written in one pass; a larger one is
+ * measured first (avro_value_sizeof walks the whole value).
+ */
 static bytea *
 write_value(KpAvroSchema *schema, int header_len)
 {
+	static char *scratch = NULL;
+	int64		written;
 	size_t		size;
 	bytea	   *result;
-	avro_writer_t writer;
 
+	if (scratch == NULL)
+		scratch = MemoryContextAlloc(TopMemoryContext, KP_AVRO_SCRATCH_SIZE);
+	written = write_into(&schema->value, scratch, KP_AVRO_SCRATCH_SIZE);
+	if (written >= 0)
+	{
+		result = palloc(VARHDRSZ + header_len + written);
+		SET_VARSIZE(result, VARHDRSZ + header_len + written);
+		memcpy(VARDATA(result) + header_len, scratch, written);
+		return result;
+	}
 	check_avro(avro_value_sizeof(&schema->value, &size));
 	result = palloc(VARHDRSZ + header_len + size);
 	SET_VARSIZE(result, VARHDRSZ + header_len + size);
-	writer = avro_writer_memory(VARDATA(result) + header_len, size);
-	if (avro_value_write(writer, &schema->value) != 0)
-	{
-		avro_writer_free(writer);
+	if (write_into(&schema->value, VARDATA(result) + header_len, size) < 0)
 		elog(ERROR, "avro-c: %s", avro_strerror());
-	}
-	avro_writer_free(writer);
 	return result;
 }
 
@@ -931,14 +974,38 @@ kp_avro_encode_row(KpAvroSchema *schema, TupleDesc desc, HeapTuple tuple,
 	return write_value(schema, header_len);
 }
 
+/* the envelope's members, and its source's, in envelope_json's order */
+typedef enum KpEnvelopeMember
+{
+	ENVELOPE_BEFORE,
+	ENVELOPE_AFTER,
+	ENVELOPE_SOURCE,
+	ENVELOPE_OP,
+	ENVELOPE_TS_MS
+} KpEnvelopeMember;
+
+typedef enum KpSourceMember
+{
+	SOURCE_VERSION,
+	SOURCE_CONNECTOR,
+	SOURCE_NAME,
+	SOURCE_TS_MS,
+	SOURCE_SNAPSHOT,
+	SOURCE_DB,
+	SOURCE_SCHEMA,
+	SOURCE_TABLE,
+	SOURCE_TXID,
+	SOURCE_LSN
+} KpSourceMember;
+
 static void
-set_image(KpAvroSchema *envelope, const char *name, TupleDesc desc,
+set_image(KpAvroSchema *envelope, KpEnvelopeMember member, TupleDesc desc,
 		  HeapTuple tuple)
 {
 	avro_value_t field;
 	avro_value_t branch;
 
-	check_avro(avro_value_get_by_name(&envelope->value, name, &field, NULL));
+	check_avro(avro_value_get_by_index(&envelope->value, member, &field, NULL));
 	check_avro(avro_value_set_branch(&field, tuple ? 1 : 0, &branch));
 	if (tuple == NULL)
 		check_avro(avro_value_set_null(&branch));
@@ -946,21 +1013,22 @@ set_image(KpAvroSchema *envelope, const char *name, TupleDesc desc,
 		set_record_fields(&branch, envelope->row, desc, tuple);
 }
 
+/* Members by position, not name: avro-c finds a name by comparing each. */
 static void
-set_string_member(avro_value_t *record, const char *name, const char *value)
+set_string_member(avro_value_t *record, int member, const char *value)
 {
 	avro_value_t field;
 
-	check_avro(avro_value_get_by_name(record, name, &field, NULL));
-	check_avro(avro_value_set_string(&field, value));
+	check_avro(avro_value_get_by_index(record, member, &field, NULL));
+	set_string_in_place(&field, value);
 }
 
 static void
-set_long_member(avro_value_t *record, const char *name, int64 value)
+set_long_member(avro_value_t *record, int member, int64 value)
 {
 	avro_value_t field;
 
-	check_avro(avro_value_get_by_name(record, name, &field, NULL));
+	check_avro(avro_value_get_by_index(record, member, &field, NULL));
 	check_avro(avro_value_set_long(&field, value));
 }
 
@@ -974,20 +1042,21 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 	char		op_string[2] = {op, '\0'};
 
 	check_avro(avro_value_reset(&envelope->value));
-	set_image(envelope, "before", desc, before);
-	set_image(envelope, "after", desc, after);
-	check_avro(avro_value_get_by_name(&envelope->value, "source", &record, NULL));
-	set_string_member(&record, "version", source->version);
-	set_string_member(&record, "connector", "postgresql");
-	set_string_member(&record, "name", source->name);
-	set_long_member(&record, "ts_ms", source->ts_ms);
-	set_string_member(&record, "snapshot", op == 'r' ? "true" : "false");
-	set_string_member(&record, "db", source->db);
-	set_string_member(&record, "schema", source->schema);
-	set_string_member(&record, "table", source->table);
-	set_long_member(&record, "txId", source->txid);
-	set_long_member(&record, "lsn", source->lsn);
-	set_string_member(&envelope->value, "op", op_string);
-	set_long_member(&envelope->value, "ts_ms", source->event_ts_ms);
+	set_image(envelope, ENVELOPE_BEFORE, desc, before);
+	set_image(envelope, ENVELOPE_AFTER, desc, after);
+	check_avro(avro_value_get_by_index(&envelope->value, ENVELOPE_SOURCE, &record,
+									   NULL));
+	set_string_member(&record, SOURCE_VERSION, source->version);
+	set_string_member(&record, SOURCE_CONNECTOR, "postgresql");
+	set_string_member(&record, SOURCE_NAME, source->name);
+	set_long_member(&record, SOURCE_TS_MS, source->ts_ms);
+	set_string_member(&record, SOURCE_SNAPSHOT, op == 'r' ? "true" : "false");
+	set_string_member(&record, SOURCE_DB, source->db);
+	set_string_member(&record, SOURCE_SCHEMA, source->schema);
+	set_string_member(&record, SOURCE_TABLE, source->table);
+	set_long_member(&record, SOURCE_TXID, source->txid);
+	set_long_member(&record, SOURCE_LSN, source->lsn);
+	set_string_member(&envelope->value, ENVELOPE_OP, op_string);
+	set_long_member(&envelope->value, ENVELOPE_TS_MS, source->event_ts_ms);
 	return write_value(envelope, header_len);
 }

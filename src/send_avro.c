@@ -41,6 +41,25 @@ typedef struct KpStoredSchema
 static HTAB *stored = NULL;
 static List *stored_in_transaction = NIL;
 
+/*
+ * The last schema found stored for a key and for a value, by topic: a
+ * published table's events find theirs here without making the subject.
+ */
+typedef struct KpRecentSchema
+{
+	bool		valid;
+	uint64		fingerprint;
+	char		topic[KP_TOPIC_NAME_MAX + 1];
+} KpRecentSchema;
+
+static KpRecentSchema recent[2];	/* [is_key] */
+
+static void
+forget_recent(void)
+{
+	recent[0].valid = recent[1].valid = false;
+}
+
 static void
 send_avro_xact_callback(XactEvent event, void *arg)
 {
@@ -49,10 +68,47 @@ send_avro_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 		foreach(lc, stored_in_transaction)
 			hash_search(stored, lfirst(lc), HASH_ENTER, NULL);
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		forget_recent();
 	/* the list lived in TopTransactionContext */
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 		stored_in_transaction = NIL;
+}
+
+/*
+ * A subtransaction that rolls back takes its kafka.schemas rows with it:
+ * what this transaction stored is stored again when next used.
+ */
+static void
+send_avro_subxact_callback(SubXactEvent event, SubTransactionId subid,
+						   SubTransactionId parent, void *arg)
+{
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	stored_in_transaction = NIL;
+	forget_recent();
+}
+
+static bool
+recently_stored(uint64 fingerprint, text *topic, bool is_key)
+{
+	KpRecentSchema *r = &recent[is_key];
+	int			len = VARSIZE_ANY_EXHDR(topic);
+
+	return r->valid && r->fingerprint == fingerprint &&
+		len <= KP_TOPIC_NAME_MAX &&
+		memcmp(r->topic, VARDATA_ANY(topic), len) == 0 && r->topic[len] == '\0';
+}
+
+static void
+remember_recent(uint64 fingerprint, text *topic, bool is_key)
+{
+	KpRecentSchema *r = &recent[is_key];
+
+	r->fingerprint = fingerprint;
+	text_to_cstring_buffer(topic, r->topic, sizeof(r->topic));
+	r->valid = true;
 }
 
 static bytea *
@@ -87,6 +143,7 @@ store_schema(KpAvroSchema *schema, const char *subject)
 		stored = hash_create("kafka_producer stored Avro schemas", 16, &ctl,
 							 HASH_ELEM | HASH_BLOBS);
 		RegisterXactCallback(send_avro_xact_callback, NULL);
+		RegisterSubXactCallback(send_avro_subxact_callback, NULL);
 	}
 	memset(&key, 0, sizeof(key));
 	key.fingerprint = kp_avro_schema_fingerprint(schema);
@@ -133,8 +190,11 @@ kp_avro_single_object(KpAvroSchema *schema, bytea *encoded, text *topic,
 	data[1] = 0x01;
 	for (int i = 0; i < 8; i++)
 		data[2 + i] = (fingerprint >> (8 * i)) & 0xff;
+	if (recently_stored(fingerprint, topic, is_key))
+		return encoded;
 	store_schema(schema, psprintf("%s-%s", text_to_cstring(topic),
 								  is_key ? "key" : "value"));
+	remember_recent(fingerprint, topic, is_key);
 	return encoded;
 }
 
