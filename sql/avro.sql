@@ -72,6 +72,9 @@ SELECT kafka_send_avro('avro_rows', u) FROM (VALUES (ROW(1, '(1,2)')::unsupporte
 SELECT kafka_send_avro('avro_rows', '[1,2]'::int4range);
 SELECT kafka_send_avro('avro_rows', ARRAY[[1,2],[3,4]]);
 SELECT kafka_send_avro('avro_rows', 'infinity'::timestamptz);
+CREATE TYPE priced AS (amount numeric(6, 2));
+SELECT kafka_send_avro('avro_rows', ROW('NaN')::priced);
+DROP TYPE priced;
 CREATE TYPE bad_labels AS ENUM ('has space');
 SELECT kafka_send_avro('avro_rows', 'has space'::bad_labels);
 SELECT kafka_send_avro(NULL, 1);

@@ -104,6 +104,8 @@ struct KpAvroSchema
 	KpAvroField *fields;		/* a record's columns, by attribute number */
 	Datum	   *values;			/* room for a row's columns */
 	bool	   *nulls;
+	bool		deform;			/* several fields: deform the whole row */
+	bool		source_set;		/* an envelope: its constant members are */
 	KpAvroType	scalar;			/* not a record: the one value's type */
 	char	   *json;			/* the full schema */
 	char	   *canonical;		/* its Parsing Canonical Form */
@@ -440,6 +442,8 @@ avro_fingerprint(const char *canonical)
 static void
 derive_fields(KpAvroSchema *schema, TupleDesc desc, const bool *include)
 {
+	int			included = 0;
+
 	schema->is_record = true;
 	schema->nfields = desc->natts;
 	schema->fields = palloc0(desc->natts * sizeof(KpAvroField));
@@ -463,7 +467,10 @@ derive_fields(KpAvroSchema *schema, TupleDesc desc, const bool *include)
 		field->nullable = !attr->attnotnull;
 		derive_type(attr->atttypid, attr->atttypmod, NameStr(attr->attname),
 					&field->type);
+		included++;
 	}
+	/* a key of one column is quicker to get alone */
+	schema->deform = included > 1;
 }
 
 static void
@@ -594,20 +601,47 @@ check_avro(int rc)
 		elog(ERROR, "avro-c: %s", avro_strerror());
 }
 
-/* numeric(p,s) as Avro's decimal: the unscaled value, big-endian two's complement */
+/* digits after the decimal point in numeric_out's text */
+static int
+fraction_digits(const char *text)
+{
+	const char *point = strchr(text, '.');
+
+	return point == NULL ? 0 : strlen(point + 1);
+}
+
+/*
+ * numeric(p,s) as Avro's decimal: the unscaled value, big-endian two's
+ * complement.  A column's values have s digits after the point already;
+ * others are rounded to s.
+ */
 static void
 set_decimal(avro_value_t *out, KpAvroType *type, Datum value)
 {
-	Datum		scaled = DirectFunctionCall2(numeric_round, value,
-											 Int32GetDatum(type->scale));
-	char	   *text = DatumGetCString(DirectFunctionCall1(numeric_out, scaled));
-	bool		negative = text[0] == '-';
+	char	   *text;
+	bool		negative;
 	int			ndigits = 0;
-	char	   *digits = palloc(strlen(text) + 1);
+	char	   *digits;
 	unsigned char *bytes;
 	int			nbytes = 0;
-	int			capacity = strlen(text) / 2 + 2;
+	int			capacity;
 
+	if (numeric_is_nan(DatumGetNumeric(value)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("NaN has no Avro decimal encoding"),
+				 errhint("Keep NaN out of the column, or declare it numeric without precision: its values are sent as strings.")));
+	text = DatumGetCString(DirectFunctionCall1(numeric_out, value));
+	if (fraction_digits(text) != type->scale)
+	{
+		Datum		rounded = DirectFunctionCall2(numeric_round, value,
+												  Int32GetDatum(type->scale));
+
+		text = DatumGetCString(DirectFunctionCall1(numeric_out, rounded));
+	}
+	negative = text[0] == '-';
+	digits = palloc(strlen(text) + 1);
+	capacity = strlen(text) / 2 + 2;
 	for (char *c = text; *c; c++)
 		if (*c >= '0' && *c <= '9')
 			digits[ndigits++] = *c - '0';
@@ -717,6 +751,8 @@ set_array(avro_value_t *out, KpAvroType *type, Datum value)
 				 errmsg("only one-dimensional arrays have an Avro encoding")));
 	deconstruct_array(array, ARR_ELEMTYPE(array), type->elmlen, type->elmbyval,
 					  type->elmalign, &elements, &nulls, &count);
+	/* a change event's value is not reset as a whole: empty the array */
+	check_avro(avro_value_reset(out));
 	for (int i = 0; i < count; i++)
 	{
 		avro_value_t element;
@@ -814,7 +850,8 @@ set_record_fields(avro_value_t *record, KpAvroSchema *schema, TupleDesc desc,
 	size_t		index = 0;
 
 	Assert(desc->natts == schema->nfields);
-	heap_deform_tuple(tuple, desc, schema->values, schema->nulls);
+	if (schema->deform)
+		heap_deform_tuple(tuple, desc, schema->values, schema->nulls);
 	for (int i = 0; i < schema->nfields; i++)
 	{
 		KpAvroField *field = &schema->fields[i];
@@ -822,6 +859,8 @@ set_record_fields(avro_value_t *record, KpAvroSchema *schema, TupleDesc desc,
 
 		if (field->name == NULL)
 			continue;
+		if (!schema->deform)
+			schema->values[i] = heap_getattr(tuple, i + 1, desc, &schema->nulls[i]);
 		check_avro(avro_value_get_by_index(record, index++, &out, NULL));
 		if (field->nullable)
 			set_nullable(&out, &field->type, schema->values[i], schema->nulls[i]);
@@ -1041,19 +1080,27 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 	avro_value_t record;
 	char		op_string[2] = {op, '\0'};
 
-	check_avro(avro_value_reset(&envelope->value));
+	/*
+	 * Not reset: every member is set again but the source's constant ones,
+	 * set once (the publication's strings outlive its envelope), and the
+	 * arrays, which set_array empties.
+	 */
 	set_image(envelope, ENVELOPE_BEFORE, desc, before);
 	set_image(envelope, ENVELOPE_AFTER, desc, after);
 	check_avro(avro_value_get_by_index(&envelope->value, ENVELOPE_SOURCE, &record,
 									   NULL));
-	set_string_member(&record, SOURCE_VERSION, source->version);
-	set_string_member(&record, SOURCE_CONNECTOR, "postgresql");
-	set_string_member(&record, SOURCE_NAME, source->name);
+	if (!envelope->source_set)
+	{
+		set_string_member(&record, SOURCE_VERSION, source->version);
+		set_string_member(&record, SOURCE_CONNECTOR, "postgresql");
+		set_string_member(&record, SOURCE_NAME, source->name);
+		set_string_member(&record, SOURCE_DB, source->db);
+		set_string_member(&record, SOURCE_SCHEMA, source->schema);
+		set_string_member(&record, SOURCE_TABLE, source->table);
+		envelope->source_set = true;
+	}
 	set_long_member(&record, SOURCE_TS_MS, source->ts_ms);
 	set_string_member(&record, SOURCE_SNAPSHOT, op == 'r' ? "true" : "false");
-	set_string_member(&record, SOURCE_DB, source->db);
-	set_string_member(&record, SOURCE_SCHEMA, source->schema);
-	set_string_member(&record, SOURCE_TABLE, source->table);
 	set_long_member(&record, SOURCE_TXID, source->txid);
 	set_long_member(&record, SOURCE_LSN, source->lsn);
 	set_string_member(&envelope->value, ENVELOPE_OP, op_string);

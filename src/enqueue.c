@@ -98,7 +98,6 @@ typedef struct KpBufferedMessage
 {
 	SubTransactionId subid;
 	int64		id;				/* 0 until assign_buffered_ids() */
-	TimestampTz enqueued_at;
 	text	   *topic;			/* the three in the same allocation */
 	bytea	   *key;			/* NULL: no key */
 	bytea	   *value;			/* NULL: a tombstone */
@@ -581,7 +580,6 @@ kp_enqueue_buffered(KpNewMessage *msg)
 	space += MAXALIGN(sizeof(KpBufferedMessage));
 	buffered_msg->subid = GetCurrentSubTransactionId();
 	buffered_msg->id = 0;
-	buffered_msg->enqueued_at = GetCurrentTimestamp();
 	buffered_msg->topic = copy_bytes(msg->topic, &space);
 	buffered_msg->key = msg->key ? copy_bytes(msg->key, &space) : NULL;
 	buffered_msg->value = msg->value ? copy_bytes(msg->value, &space) : NULL;
@@ -688,8 +686,8 @@ bytea_array(KpBufferedMessage **msgs, int count, bool keys)
  * held for a multi-insert made the backend's heap grow and shrink.
  */
 static void
-insert_batch_row(Relation rel, KpIndexes *indexes, KpBufferedMessage **msgs,
-				 int count)
+insert_batch_row(Relation rel, KpIndexes *indexes, TimestampTz enqueued_at,
+				 KpBufferedMessage **msgs, int count)
 {
 	Datum		values[BATCH_NATTS];
 	bool		nulls[BATCH_NATTS] = {false};
@@ -698,7 +696,7 @@ insert_batch_row(Relation rel, KpIndexes *indexes, KpBufferedMessage **msgs,
 	values[BATCH_TOPIC] = PointerGetDatum(msgs[0]->topic);
 	values[BATCH_KEYS] = bytea_array(msgs, count, true);
 	values[BATCH_VALUES] = bytea_array(msgs, count, false);
-	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(msgs[0]->enqueued_at);
+	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
 	kp_insert_row(rel, indexes, values, nulls, NULL);
 	pfree(DatumGetPointer(values[BATCH_KEYS]));
 	pfree(DatumGetPointer(values[BATCH_VALUES]));
@@ -707,13 +705,15 @@ insert_batch_row(Relation rel, KpIndexes *indexes, KpBufferedMessage **msgs,
 /*
  * Writes msgs[0 .. count - 1], in id order, as rows of consecutive ids of
  * one topic, each small enough to be stored without TOAST unless a single
- * message is not.
+ * message is not.  They count as enqueued now, at the end of their
+ * statement at the latest: a clock reading per event showed in profiles.
  */
 static void
 write_batch_rows(KpBufferedMessage **msgs, int count)
 {
 	Relation	rel = kp_outbox_batch_open(RowExclusiveLock);
 	KpIndexes	indexes;
+	TimestampTz now = GetCurrentTimestamp();
 	int			first = 0;
 	Size		bytes = 0;
 
@@ -728,13 +728,13 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 			 i - first == KP_BATCH_ROW_MESSAGES ||
 			 bytes + share > KP_BATCH_ROW_BYTES))
 		{
-			insert_batch_row(rel, &indexes, msgs + first, i - first);
+			insert_batch_row(rel, &indexes, now, msgs + first, i - first);
 			first = i;
 			bytes = 0;
 		}
 		bytes += share;
 	}
-	insert_batch_row(rel, &indexes, msgs + first, count - first);
+	insert_batch_row(rel, &indexes, now, msgs + first, count - first);
 	kp_indexes_close(&indexes);
 	table_close(rel, NoLock);
 }

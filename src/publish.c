@@ -259,9 +259,12 @@ static KpPublication *
 publication_for(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
+	static KpPublication *last = NULL;	/* a statement's rows share it */
 	KpPublication *pub;
 	bool		found;
 
+	if (last != NULL && last->relid == relid && last->valid)
+		return last;
 	if (publications == NULL)
 	{
 		HASHCTL		ctl;
@@ -274,7 +277,7 @@ publication_for(Relation rel)
 	}
 	pub = hash_search(publications, &relid, HASH_ENTER, &found);
 	if (found && pub->valid)
-		return pub;
+		return last = pub;
 	if (!found)
 		pub->context = AllocSetContextCreate(TopMemoryContext,
 											 "kafka_producer publication",
@@ -284,6 +287,7 @@ publication_for(Relation rel)
 	load_options(pub, rel);
 	prepare_columns(pub, rel);
 	pub->valid = true;
+	last = pub;
 	return pub;
 }
 
