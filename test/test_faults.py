@@ -16,8 +16,10 @@ from workload import Workload, account
 
 BAD = ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch")
 # the worker's cap on messages handed to librdkafka but not yet recorded
-# (KP_MAX_IN_FLIGHT): what a crash can make it send twice
+# (KP_MAX_IN_FLIGHT): what a crash can make it send twice; it finishes a
+# kafka.outbox_batch row past it (KP_BATCH_ROW_MESSAGES - 1 more at most)
 CRASH_DUPLICATES_BOUND = 30000
+BATCH_ROW_EXTRA = 255
 
 
 def assert_clean(counts, allow_duplicates=False):
@@ -291,5 +293,5 @@ def test_published_changes_worker_sigkill(pg, kafka, slow_drain):
     pg.wait_until_final(table, timeout=300)
     counts = account_published(pg, kafka, table, "published changes, worker SIGKILL")
     assert_clean(counts, allow_duplicates=True)
-    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND
+    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND + BATCH_ROW_EXTRA
 
