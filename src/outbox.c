@@ -7,8 +7,10 @@
  *	  batches: it deletes the delivered rows from kafka.outbox and inserts
  *	  their delivery records (partition, offset) into kafka.delivered, with
  *	  heap functions; an SQL statement moves failures to kafka.failed, or
- *	  counts the attempt of a transient one.  Reading is a range scan of
- *	  kafka.outbox's primary key; the table holds undelivered messages only.
+ *	  counts the attempt of a transient one.  Published changes wait in
+ *	  kafka.outbox_batch, many to a row, deleted once all are delivered.
+ *	  Reading is a range scan of both tables' primary keys, merged; they
+ *	  hold undelivered messages only.
  *
  *	  Every function here runs inside the worker's transaction, with SPI
  *	  connected.

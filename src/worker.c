@@ -2,8 +2,8 @@
  *
  * worker.c
  *	  The background worker that delivers committed messages: it scans
- *	  kafka.outbox in id order, hands messages to its librdkafka producer,
- *	  and records each delivery report in batches.
+ *	  kafka.outbox and kafka.outbox_batch in id order, hands messages to its
+ *	  librdkafka producer, and records each delivery report in batches.
  *
  *	  It sleeps on its latch and on librdkafka's event pipe: a commit that
  *	  enqueued messages sets the latch, a delivery report writes to the
