@@ -151,6 +151,11 @@ SELECT count(*) AS pending, count(DISTINCT id) AS distinct_ids,
  WHERE id > :start AND status = 'pending' AND topic = 'public.existing';
 DELETE FROM existing WHERE id >= 1000;
 
+-- a block of ids needs a sequence that steps by one, uncached
+ALTER SEQUENCE kafka.message_id_seq CACHE 20;
+INSERT INTO existing VALUES (50, 'a'), (51, 'b');
+ALTER SEQUENCE kafka.message_id_seq CACHE 1;
+
 -- a user who may write the table but nothing of the extension's publishes
 -- its changes too (the trigger takes a block of ids on its behalf)
 CREATE ROLE kafka_writer;

@@ -16,6 +16,17 @@ SELECT kafka_send('waiting', 'mine') AS mine \gset
 SELECT kafka_wait(:mine, '1 second');
 \set VERBOSITY default
 ROLLBACK;
+-- a published change of the current transaction, in kafka.outbox_batch
+CREATE TABLE waited (id int PRIMARY KEY);
+SELECT kafka_publish('waited');
+BEGIN;
+INSERT INTO waited VALUES (1), (2);
+SELECT max(id) AS mine FROM kafka.pending WHERE topic = 'public.waited' \gset
+\set VERBOSITY terse
+SELECT kafka_wait(:mine, '1 second');
+\set VERBOSITY default
+ROLLBACK;
+DROP TABLE waited;
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT kafka_wait(:id, '1 second');
 ROLLBACK;

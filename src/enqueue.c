@@ -20,6 +20,7 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
@@ -30,11 +31,13 @@
 #include "nodes/execnodes.h"
 #include "storage/lmgr.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "kafka_producer.h"
@@ -424,17 +427,47 @@ send_cache(FunctionCallInfo fcinfo)
 	return cache;
 }
 
+/* A block is first + 0 .. count - 1: nextval must step by 1, uncached. */
+static void
+check_sequence_steps(Oid sequence)
+{
+	HeapTuple	tuple = SearchSysCache1(SEQRELID, ObjectIdGetDatum(sequence));
+	Form_pg_sequence form;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for sequence %u", sequence);
+	form = (Form_pg_sequence) GETSTRUCT(tuple);
+	if (form->seqincrement != 1 || form->seqcache != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequence %s.message_id_seq must have INCREMENT 1 and CACHE 1",
+						KP_SCHEMA_NAME),
+				 errdetail("Its increment is " INT64_FORMAT " and its cache " INT64_FORMAT ".",
+						   form->seqincrement, form->seqcache),
+				 errhint("ALTER SEQUENCE %s.message_id_seq INCREMENT 1 CACHE 1;",
+						 KP_SCHEMA_NAME)));
+	ReleaseSysCache(tuple);
+}
+
 /*
  * Locks kafka.message_id_seq for nextval: a backend that takes a block of
- * ids takes it exclusively, anyone else shared.
+ * ids (and setval) takes it exclusively, anyone else shared.  Nothing may
+ * wait under the LWLock, where no cancel and no deadlock check reaches:
+ * nextval's lock is taken, and what nextval and setval look up is loaded
+ * (the relation, the privileges), before it.
  */
 static Oid
 lock_message_ids(LWLockMode mode)
 {
 	Oid			sequence = kp_relation_oid("message_id_seq");
 
-	/* nextval's own lock first: no waiting under the LWLock */
 	LockRelationOid(sequence, RowExclusiveLock);
+	relation_close(relation_open(sequence, NoLock), NoLock);
+	if (mode == LW_EXCLUSIVE)
+	{
+		check_sequence_steps(sequence);
+		(void) pg_class_aclcheck(sequence, GetUserId(), ACL_UPDATE);
+	}
 	LWLockAcquire(kp_shmem_id_block_lock(), mode);
 	return sequence;
 }
@@ -590,32 +623,26 @@ kp_enqueue_buffered(KpNewMessage *msg)
 		kp_enqueue_flush();
 }
 
-/* Moves kafka.message_id_seq on to last. */
-static void
-advance_sequence(Oid sequence, int64 last)
-{
-	KpSavedUser saved;
-
-	/* the publishing user need not have UPDATE on the sequence */
-	kp_begin_as_owner(&saved);
-	DirectFunctionCall2(setval_oid, ObjectIdGetDatum(sequence),
-						Int64GetDatum(last));
-	kp_end_as_owner(&saved);
-}
-
 /*
  * Takes count consecutive message ids; returns the first.  Nobody takes
- * an id between nextval and setval: they all hold the LWLock.
+ * an id between nextval and setval: they all hold the LWLock.  setval runs
+ * as the sequence's owner: the publishing user need not have UPDATE on it.
  */
 static int64
 take_id_block(int count)
 {
-	Oid			sequence = lock_message_ids(LW_EXCLUSIVE);
-	int64		first = nextval_internal(sequence, false);
+	KpSavedUser saved;
+	Oid			sequence;
+	int64		first;
 
+	kp_begin_as_owner(&saved);
+	sequence = lock_message_ids(LW_EXCLUSIVE);
+	first = nextval_internal(sequence, false);
 	if (count > 1)
-		advance_sequence(sequence, first + count - 1);
+		DirectFunctionCall2(setval_oid, ObjectIdGetDatum(sequence),
+							Int64GetDatum(first + count - 1));
 	LWLockRelease(kp_shmem_id_block_lock());
+	kp_end_as_owner(&saved);
 	return first;
 }
 

@@ -342,22 +342,30 @@ deconstruct_bytes(Datum array, Datum **elements, bool **nulls, int *count)
 					  TYPALIGN_INT, elements, nulls, count);
 }
 
+/*
+ * Reads the batch row in the slot: its keys, and its values only if it
+ * holds a message after after_id.  A scan starts up to a row's length
+ * before its position, and the rows it passes over may be large.
+ */
 static void
-load_batch_row(KpScanSource *src)
+load_batch_row(KpScanSource *src, int64 after_id)
 {
 	TupleTableSlot *slot = src->slot;
 	MemoryContext outer = MemoryContextSwitchTo(src->row_context);
 	int			value_count;
 
 	src->first_id = DatumGetInt64(slot->tts_values[BATCH_FIRST_ID]);
-	src->topic = TextDatumGetCString(slot->tts_values[BATCH_TOPIC]);
 	deconstruct_bytes(slot->tts_values[BATCH_KEYS], &src->keys,
 					  &src->key_nulls, &src->count);
-	deconstruct_bytes(slot->tts_values[BATCH_VALUES], &src->values,
-					  &src->value_nulls, &value_count);
-	if (value_count != src->count)
-		elog(ERROR, "kafka.outbox_batch row " INT64_FORMAT " has %d keys and %d values",
-			 src->first_id, src->count, value_count);
+	if (src->first_id + src->count - 1 > after_id)
+	{
+		src->topic = TextDatumGetCString(slot->tts_values[BATCH_TOPIC]);
+		deconstruct_bytes(slot->tts_values[BATCH_VALUES], &src->values,
+						  &src->value_nulls, &value_count);
+		if (value_count != src->count)
+			elog(ERROR, "kafka.outbox_batch row " INT64_FORMAT " has %d keys and %d values",
+				 src->first_id, src->count, value_count);
+	}
 	MemoryContextSwitchTo(outer);
 }
 
@@ -380,7 +388,7 @@ source_ready(KpScanSource *src, int64 after_id)
 		MemoryContextReset(src->row_context);
 		slot_getallattrs(src->slot);
 		if (src->batched)
-			load_batch_row(src);
+			load_batch_row(src, after_id);
 		else
 		{
 			src->first_id = DatumGetInt64(src->slot->tts_values[OUTBOX_ID]);
