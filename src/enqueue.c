@@ -33,6 +33,7 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -205,10 +206,6 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-/*
- * Makes sure the worker hears of messages from id on once the current
- * transaction commits.
- */
 static void
 register_callbacks(void)
 {
@@ -219,6 +216,10 @@ register_callbacks(void)
 	xact_callback_registered = true;
 }
 
+/*
+ * Makes sure the worker hears of messages from id on once the current
+ * transaction commits.
+ */
 void
 kp_enqueue_wake_at_commit(int64 id)
 {
@@ -677,13 +678,6 @@ batch_row_share(KpBufferedMessage *msg)
 	return copy_size(msg->key) + copy_size(msg->value) + 1;
 }
 
-static bool
-same_text(text *a, text *b)
-{
-	return VARSIZE(a) == VARSIZE(b) &&
-		memcmp(VARDATA(a), VARDATA(b), VARSIZE(a) - VARHDRSZ) == 0;
-}
-
 static Datum
 bytea_array(KpBufferedMessage **msgs, int count, bool keys)
 {
@@ -751,7 +745,8 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 
 		if (i > first &&
 			(msgs[i]->id != msgs[i - 1]->id + 1 ||
-			 !same_text(msgs[i]->topic, msgs[first]->topic) ||
+			 !datum_image_eq(PointerGetDatum(msgs[i]->topic),
+							 PointerGetDatum(msgs[first]->topic), false, -1) ||
 			 i - first == KP_BATCH_ROW_MESSAGES ||
 			 bytes + share > KP_BATCH_ROW_BYTES))
 		{

@@ -108,7 +108,7 @@ message_status(int64 id)
 
 	if (SPI_execute_with_args("SELECT status, (SELECT xmin FROM kafka.outbox WHERE id = $1 "
 							  "  UNION ALL SELECT xmin FROM kafka.outbox_batch "
-							  "  WHERE first_id > $1 - 256 AND first_id <= $1 "
+							  "  WHERE first_id > $1 - " CppAsString2(KP_BATCH_ROW_MESSAGES) " AND first_id <= $1 "
 							  "    AND first_id + cardinality(keys) > $1) "
 							  "FROM (SELECT CASE WHEN kafka.any_pending($1, $1) THEN 'pending' "
 							  "  ELSE (SELECT status FROM kafka.messages "

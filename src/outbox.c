@@ -292,9 +292,9 @@ typedef struct KpScanSource
 	TupleTableSlot *slot;
 	MemoryContext row_context;	/* what is made of the current row */
 	bool		exhausted;
-	bool		has_row;
 	int64		first_id;		/* the current row's first message id */
-	int			count;			/* and how many messages it holds */
+	int			count;			/* and how many messages it holds (0: none
+								 * read yet) */
 	int			next;			/* the next of them to send */
 	char	   *topic;
 	Datum	   *keys;
@@ -343,6 +343,22 @@ deconstruct_bytes(Datum array, Datum **elements, bool **nulls, int *count)
 }
 
 /*
+ * The values of the batch row in slot, which has key_count keys.  Read
+ * only when needed: they are most of a row, and may be TOASTed.
+ */
+static void
+batch_row_values(TupleTableSlot *slot, int key_count, Datum **values,
+				 bool **nulls)
+{
+	int			count;
+
+	deconstruct_bytes(slot->tts_values[BATCH_VALUES], values, nulls, &count);
+	if (count != key_count)
+		elog(ERROR, "kafka.outbox_batch row " INT64_FORMAT " has %d keys and %d values",
+			 DatumGetInt64(slot->tts_values[BATCH_FIRST_ID]), key_count, count);
+}
+
+/*
  * Reads the batch row in the slot: its keys, and its values only if it
  * holds a message after after_id.  A scan starts up to a row's length
  * before its position, and the rows it passes over may be large.
@@ -352,7 +368,6 @@ load_batch_row(KpScanSource *src, int64 after_id)
 {
 	TupleTableSlot *slot = src->slot;
 	MemoryContext outer = MemoryContextSwitchTo(src->row_context);
-	int			value_count;
 
 	src->first_id = DatumGetInt64(slot->tts_values[BATCH_FIRST_ID]);
 	deconstruct_bytes(slot->tts_values[BATCH_KEYS], &src->keys,
@@ -360,11 +375,7 @@ load_batch_row(KpScanSource *src, int64 after_id)
 	if (src->first_id + src->count - 1 > after_id)
 	{
 		src->topic = TextDatumGetCString(slot->tts_values[BATCH_TOPIC]);
-		deconstruct_bytes(slot->tts_values[BATCH_VALUES], &src->values,
-						  &src->value_nulls, &value_count);
-		if (value_count != src->count)
-			elog(ERROR, "kafka.outbox_batch row " INT64_FORMAT " has %d keys and %d values",
-				 src->first_id, src->count, value_count);
+		batch_row_values(slot, src->count, &src->values, &src->value_nulls);
 	}
 	MemoryContextSwitchTo(outer);
 }
@@ -376,9 +387,8 @@ load_batch_row(KpScanSource *src, int64 after_id)
 static bool
 source_ready(KpScanSource *src, int64 after_id)
 {
-	while (!src->has_row || src->next >= src->count)
+	while (src->next >= src->count)
 	{
-		src->has_row = false;
 		if (src->exhausted ||
 			!index_getnext_slot(src->scan, ForwardScanDirection, src->slot))
 		{
@@ -394,7 +404,6 @@ source_ready(KpScanSource *src, int64 after_id)
 			src->first_id = DatumGetInt64(src->slot->tts_values[OUTBOX_ID]);
 			src->count = 1;
 		}
-		src->has_row = true;
 		src->next = Max(0, after_id + 1 - src->first_id);
 	}
 	return true;
@@ -907,10 +916,12 @@ move_to_outbox(KpRecording *rec, int64 id, KpDeliveredMessage *msg,
  */
 static void
 record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
-				 Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls)
+				 Datum *keys, bool *key_nulls)
 {
 	TupleTableSlot *row = rec->row;
 	KpDeliveredMessage msg;
+	Datum	   *values = NULL;
+	bool	   *value_nulls = NULL;
 	int			delivered = 0;
 	bool		waiting_only = true;
 
@@ -936,6 +947,8 @@ record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
 	msg.topic = row->tts_values[BATCH_TOPIC];
 	msg.attempts = 0;
 	msg.enqueued_at = row->tts_values[BATCH_ENQUEUED_AT];
+	if (delivered < count)
+		batch_row_values(row, count, &values, &value_nulls);
 	for (int i = 0; i < count; i++)
 	{
 		msg.key = keys[i];
@@ -959,10 +972,7 @@ record_batch_reports(KpRecording *rec, KpBatchReport *reports, int n)
 	int64		first_id = reports[0].row.batch_first_id;
 	Datum	   *keys;
 	bool	   *key_nulls;
-	Datum	   *values;
-	bool	   *value_nulls;
 	int			count;
-	int			value_count;
 	KpReport  **by;
 
 	for (int i = 0; i < n; i++)
@@ -975,8 +985,6 @@ record_batch_reports(KpRecording *rec, KpBatchReport *reports, int n)
 		return;
 	}
 	deconstruct_bytes(rec->row->tts_values[BATCH_KEYS], &keys, &key_nulls, &count);
-	deconstruct_bytes(rec->row->tts_values[BATCH_VALUES], &values, &value_nulls,
-					  &value_count);
 	by = palloc0(count * sizeof(KpReport *));
 	for (int i = 0; i < n; i++)
 	{
@@ -984,11 +992,10 @@ record_batch_reports(KpRecording *rec, KpBatchReport *reports, int n)
 		int64		index = report->id - first_id;
 
 		/* sorted: a delivery comes before a return of the same message */
-		if (index >= 0 && index < Min(count, value_count) && by[index] == NULL)
+		if (index >= 0 && index < count && by[index] == NULL)
 			by[index] = report;
 	}
-	record_batch_row(rec, first_id, by, Min(count, value_count), keys,
-					 key_nulls, values, value_nulls);
+	record_batch_row(rec, first_id, by, count, keys, key_nulls);
 	ExecClearTuple(rec->row);
 }
 
