@@ -5,6 +5,7 @@ OBJS = \
 	src/kafka_producer.o \
 	src/guc.o \
 	src/shmem.o \
+	src/committing.o \
 	src/enqueue.o \
 	src/worker.o \
 	src/producer.o \

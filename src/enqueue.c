@@ -169,6 +169,10 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT ||
 		event == XACT_EVENT_PRE_PREPARE)
 		kp_enqueue_flush();
+	/* while nobody can see the transaction yet: see committing.c */
+	if (event == XACT_EVENT_PRE_COMMIT && xact_first_id >= 0 &&
+		TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		kp_committing_register(GetTopTransactionIdIfAny(), xact_first_id);
 	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PARALLEL_PRE_COMMIT &&
 		event != XACT_EVENT_PRE_PREPARE)
 	{

@@ -29,5 +29,6 @@ _PG_init(void)
 
 	kp_guc_init();
 	kp_shmem_init();
+	kp_committing_init();
 	kp_worker_register();
 }

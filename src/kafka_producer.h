@@ -24,6 +24,7 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
 
 #define KP_EXTENSION_NAME "kafka_producer"
 #define KP_SCHEMA_NAME "kafka"
@@ -110,6 +111,12 @@ extern void kp_shmem_set_last_error(const char *error);
 extern void kp_shmem_counters_json(StringInfo json);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
+
+/* committing.c: transactions a scan must take whole */
+extern void kp_committing_init(void);
+extern void kp_committing_register(TransactionId xid, int64 first_id);
+extern int64 kp_committing_scan_floor(Snapshot snapshot);
+extern bool kp_committing_any(void);
 
 /* commit_wait.c: kafka.wait_on_commit */
 extern Size kp_commit_wait_shmem_size(void);

@@ -368,7 +368,11 @@ static int64 send_last;
 static void
 send_step(void)
 {
+	int64		floor;
+
 	begin_transaction("sending messages");
+	floor = kp_committing_scan_floor(GetActiveSnapshot());
+	send_from = Min(send_from, floor - 1);
 	send_last = send_from;
 	extension_present = kp_outbox_present();
 	if (extension_present)
@@ -391,7 +395,8 @@ static TimestampTz empty_scan_at = 0;
 static bool
 scan_would_find_nothing(int64 committed_behind)
 {
-	return committed_behind == PG_INT64_MAX && send_from == empty_scan_from &&
+	return committed_behind == PG_INT64_MAX && !kp_committing_any() &&
+		send_from == empty_scan_from &&
 		!TimestampDifferenceExceeds(empty_scan_at, GetCurrentTimestamp(),
 									KP_IDLE_WAIT_MS);
 }

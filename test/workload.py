@@ -127,3 +127,56 @@ def account(pg, bootstrap, workload, name):
     }
     print(f"\n{name}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
+
+
+class OwnKeysWorkload(Workload):
+    """Sessions that each own their keys and commit small transactions as
+    fast as they can, with no lock to order them: what an application with
+    one writer per entity does.  A session's transactions follow each other,
+    so its keys' numbers must reach Kafka as 1, 2, 3, ...  Ids of concurrent
+    transactions interleave, which is what puts a scan's position between a
+    transaction's messages."""
+
+    def __init__(self, pg, topic, keys_per_session=20, seed=1):
+        self.pg = pg
+        self.topic = topic
+        self.keys_per_session = keys_per_session
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.committed = {}
+        self.rolled_back = set()
+        self.runs = 0
+        self.numbers = defaultdict(int)     # key -> last committed number
+
+    def session(self, session, transactions, max_size, rollback_rate,
+                min_size=5):
+        conn = self.pg.connect(autocommit=False)
+        cur = conn.cursor()
+        keys = [f"s{session}-k{i}" for i in range(self.keys_per_session)]
+        for txn in range(transactions):
+            with self.lock:
+                size = self.random.randint(min_size, max_size)
+                rollback = self.random.random() < rollback_rate
+                chosen = self.random.choices(keys, k=size)
+            numbers = {}
+            sent = []
+            for i, key in enumerate(chosen):
+                numbers[key] = numbers.get(key, self.numbers[key]) + 1
+                token = f"{self.runs}-{session}-{txn}-{i}"
+                value = json.dumps({"t": token, "k": key, "n": numbers[key]})
+                cur.execute("SELECT kafka_send(%s, %s::jsonb, key => %s)",
+                            (self.topic, value, key))
+                sent.append((token, cur.fetchone()[0], key, numbers[key]))
+            if rollback:
+                conn.rollback()
+            else:
+                conn.commit()
+            with self.lock:
+                for token, message_id, key, number in sent:
+                    if rollback:
+                        self.rolled_back.add(token)
+                    else:
+                        self.committed[token] = (message_id, key, number)
+                if not rollback:
+                    self.numbers.update(numbers)
+        conn.close()

@@ -1,0 +1,156 @@
+/*-------------------------------------------------------------------------
+ *
+ * committing.c
+ *	  Transactions that enqueued messages, from just before they commit
+ *	  until a scan of the worker sees them finished: the scan starts low
+ *	  enough to send each of them whole, in id order.
+ *
+ *	  The worker scans the outbox in id order from where its last scan
+ *	  ended.  Ids are taken while transactions run and they commit in any
+ *	  order, so a transaction can commit ids below that position.  Telling
+ *	  the worker after the commit is too late: the transaction is visible
+ *	  before its commit callbacks run, and a scan in between would send its
+ *	  ids above the position before those below, reordering a key.  So each
+ *	  backend registers its transaction's xid and lowest id before commit
+ *	  (XACT_EVENT_PRE_COMMIT), while nobody can see it yet; every scan starts
+ *	  at or below the lowest registered id, and removes an entry only once
+ *	  its own snapshot sees the transaction finished, after which the scan
+ *	  position itself covers it.
+ *
+ *	  Locking: one slot per backend, indexed by MyBackendId, each with its
+ *	  own spinlock; a backend writes only its slot, the worker reads all
+ *	  and clears those it saw finished.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/backendid.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/snapmgr.h"
+
+#include "kafka_producer.h"
+
+typedef struct KpCommittingSlot
+{
+	slock_t		mutex;
+	TransactionId xid;			/* invalid: the slot is free */
+	int64		first_id;
+} KpCommittingSlot;
+
+static KpCommittingSlot *slots = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+slots_size(void)
+{
+	return mul_size(MaxBackends, sizeof(KpCommittingSlot));
+}
+
+static void
+committing_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(slots_size()));
+}
+
+static void
+committing_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	slots = ShmemInitStruct("kafka_producer committing transactions",
+							slots_size(), &found);
+	if (!found)
+	{
+		for (int i = 0; i < MaxBackends; i++)
+		{
+			SpinLockInit(&slots[i].mutex);
+			slots[i].xid = InvalidTransactionId;
+			slots[i].first_id = 0;
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+kp_committing_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = committing_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = committing_shmem_startup;
+}
+
+/*
+ * Called before the current transaction, xid, becomes visible, with the
+ * lowest id it enqueued.  A previous transaction of this backend that no
+ * scan has seen yet keeps its lower id in the slot: it is visible already,
+ * and stays covered until this one is seen finished too.
+ */
+void
+kp_committing_register(TransactionId xid, int64 first_id)
+{
+	KpCommittingSlot *slot;
+
+	Assert(TransactionIdIsValid(xid));
+	Assert(MyBackendId >= 1 && MyBackendId <= MaxBackends);
+	slot = &slots[MyBackendId - 1];
+	SpinLockAcquire(&slot->mutex);
+	if (!TransactionIdIsValid(slot->xid) || first_id < slot->first_id)
+		slot->first_id = first_id;
+	slot->xid = xid;
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * The lowest id a scan with snapshot must start from so that no
+ * registered transaction is sent in part; PG_INT64_MAX if none is
+ * registered.  Forgets the transactions that snapshot sees finished:
+ * committed ones are sent by this scan, aborted ones have nothing to send.
+ */
+int64
+kp_committing_scan_floor(Snapshot snapshot)
+{
+	int64		floor = PG_INT64_MAX;
+
+	for (int i = 0; i < MaxBackends; i++)
+	{
+		KpCommittingSlot *slot = &slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		if (TransactionIdIsValid(slot->xid))
+		{
+			floor = Min(floor, slot->first_id);
+			if (!XidInMVCCSnapshot(slot->xid, snapshot))
+				slot->xid = InvalidTransactionId;
+		}
+		SpinLockRelease(&slot->mutex);
+	}
+	return floor;
+}
+
+/* Whether any transaction is registered: a scan may find its messages. */
+bool
+kp_committing_any(void)
+{
+	bool		any = false;
+
+	for (int i = 0; i < MaxBackends && !any; i++)
+	{
+		SpinLockAcquire(&slots[i].mutex);
+		any = TransactionIdIsValid(slots[i].xid);
+		SpinLockRelease(&slots[i].mutex);
+	}
+	return any;
+}
