@@ -34,6 +34,7 @@ int			kp_message_max_bytes = 1000000;
 char	   *kp_database = NULL;
 int			kp_max_attempts = 10;
 int			kp_status_retention = 86400;
+char	   *kp_id_header = NULL;
 
 static const struct config_enum_entry acks_options[] = {
 	{"all", -1, false},
@@ -434,6 +435,12 @@ kp_guc_init(void)
 							NULL, &kp_status_retention, kp_status_retention,
 							-1, INT_MAX, PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kafka.id_header",
+							   "Name of the record header that carries each message's id (empty = none).",
+							   "Consumers dedupe by it, and a restarted worker finds by it what Kafka already holds before sending again.",
+							   &kp_id_header, "kafka_producer.id",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	DefineCustomStringVariable("kafka.schema_registry_url",
 							   "Confluent Schema Registry that Avro messages' schemas are registered with.",

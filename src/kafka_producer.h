@@ -37,6 +37,7 @@ extern char *kp_database;
 extern int	kp_max_attempts;
 extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
+extern char *kp_id_header;
 
 extern bool kp_wait_on_commit;
 
@@ -271,6 +272,8 @@ extern bool kp_kafka_handle_event(rd_kafka_event_t *event);
 extern rd_kafka_topic_t *kp_kafka_topic(rd_kafka_t *rk, HTAB **topics,
 										const char *name);
 extern void kp_kafka_forget_topics(HTAB **topics);
+extern rd_kafka_headers_t *kp_kafka_id_header(rd_kafka_headers_t *headers,
+											  int64 id);
 extern bool kp_producer_start(void);
 extern void kp_producer_stop(KpReportBuffer *buf);
 extern bool kp_producer_running(void);

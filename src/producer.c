@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/hashfn.h"
+#include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
@@ -489,6 +490,26 @@ kp_kafka_forget_topics(HTAB **topics)
 	*topics = NULL;
 }
 
+/*
+ * Adds the message id header (kafka.id_header) to headers, made if NULL;
+ * returns NULL when there is none to send.  Added last, so that of two
+ * headers of that name a consumer that reads the last gets ours.
+ */
+rd_kafka_headers_t *
+kp_kafka_id_header(rd_kafka_headers_t *headers, int64 id)
+{
+	char		value[MAXINT8LEN + 1];
+	int			len;
+
+	if (kp_id_header == NULL || kp_id_header[0] == '\0')
+		return headers;
+	len = pg_lltoa(id, value);
+	if (headers == NULL)
+		headers = rd_kafka_headers_new(1);
+	rd_kafka_header_add(headers, kp_id_header, -1, value, len);
+	return headers;
+}
+
 /* Notes that msg awaits a report, and where its outbox row is. */
 static void
 track_in_flight(KpMessage *msg)
@@ -505,6 +526,7 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	rd_kafka_resp_err_t err;
 
 	Assert(producer != NULL);
+	msg->headers = kp_kafka_id_header(msg->headers, msg->id);
 	err = rd_kafka_producev(producer,
 							RD_KAFKA_V_RKT(kp_kafka_topic(producer, &known_topics,
 														  msg->topic)),

@@ -482,6 +482,7 @@ send_message(KpSyncSent *sent, KpSyncMessage *msg)
 			   msg->headers_len);
 		headers = kp_headers_from_jsonb(sent->headers);
 	}
+	headers = kp_kafka_id_header(headers, sent->id);
 	if (sync_producer == NULL)
 		sync_producer = kp_kafka_new(0, false, &sync_queue);
 	if (sync_producer == NULL)

@@ -12,22 +12,13 @@ from collections import defaultdict
 import pytest
 
 from harness import consume_all, terminate, wait_until
-from workload import Workload, account
+from workload import Workload, account, assert_clean, id_header
 
-BAD = ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch")
 # the worker's cap on messages handed to librdkafka but not yet recorded
 # (KP_MAX_IN_FLIGHT): what a crash can make it send twice; it finishes a
 # kafka.outbox_batch row past it (KP_BATCH_ROW_MESSAGES - 1 more at most)
 CRASH_DUPLICATES_BOUND = 30000
 BATCH_ROW_EXTRA = 255
-
-
-def assert_clean(counts, allow_duplicates=False):
-    assert counts["delivered"] == counts["committed"] - counts["lost"]
-    for bad in BAD:
-        if bad == "duplicated" and allow_duplicates:
-            continue
-        assert counts[bad] == 0, bad
 
 
 def enqueue_series(pg, topic, n, keys=100):
@@ -42,8 +33,15 @@ def account_series(pg, bootstrap, topic, n, name, number_of=lambda value: value[
     seen = defaultdict(int)
     last = {}
     out_of_order = 0
+    # each number's message id, from where kafka.messages says it is
+    places = dict(((row[0], row[1]), row[2]) for row in pg.query(
+        "SELECT \"partition\", \"offset\", id FROM kafka.messages WHERE topic = %s", (topic,)))
+    id_of = {number_of(json.loads(r.value)): places.get((r.partition, r.offset))
+             for r in records if (r.partition, r.offset) in places}
+    id_mismatch = 0
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         number = number_of(json.loads(r.value))
+        id_mismatch += id_header(r) != id_of.get(number)
         seen[number] += 1
         if seen[number] == 1:
             if number < last.get(r.key, 0):
@@ -59,6 +57,7 @@ def account_series(pg, bootstrap, topic, n, name, number_of=lambda value: value[
         "duplicated": sum(c - 1 for c in seen.values()),
         "out_of_order": out_of_order,
         "status_mismatch": n - delivered,
+        "id_mismatch": id_mismatch,
     }
     print(f"\n{name}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from harness import PgCluster
-from test_faults import all_brokers, assert_clean
-from workload import OwnKeysWorkload, account
+from test_faults import all_brokers
+from workload import OwnKeysWorkload, account, assert_clean
 
 
 @pytest.fixture(scope="module")

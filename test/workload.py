@@ -10,6 +10,23 @@ from collections import defaultdict
 from harness import consume_all
 
 
+BAD = ("lost", "leaked", "duplicated", "out_of_order", "status_mismatch", "id_mismatch")
+
+
+def assert_clean(counts, allow_duplicates=False):
+    assert counts["delivered"] == counts["committed"] - counts["lost"]
+    for bad in BAD:
+        if bad == "duplicated" and allow_duplicates:
+            continue
+        assert counts[bad] == 0, bad
+
+
+def id_header(record, name="kafka_producer.id"):
+    """The message id a record carries in its id header, or None."""
+    values = [v for k, v in record.headers if k == name]
+    return int(values[-1]) if values else None
+
+
 class Workload:
     """Sessions that each run transactions of kafka_send() calls, some of
     them rolled back.  Every message takes the next number of its key from
@@ -103,6 +120,10 @@ def account(pg, bootstrap, workload, name):
                 first_seen.append(n)
         out_of_order += sum(1 for a, b in zip(first_seen, first_seen[1:]) if b <= a)
 
+    # every record names its kafka.messages id in the id header
+    id_mismatch = sum(1 for r in records
+                      if id_header(r) != workload.committed.get(json.loads(r.value)["t"], (None,))[0])
+
     status = {row[0]: row[1:] for row in pg.query(
         "SELECT id, status, \"partition\", \"offset\" FROM kafka.messages WHERE topic = %s",
         (workload.topic,))}
@@ -124,6 +145,7 @@ def account(pg, bootstrap, workload, name):
         "duplicated": duplicated,
         "out_of_order": out_of_order,
         "status_mismatch": wrong_status,
+        "id_mismatch": id_mismatch,
     }
     print(f"\n{name}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
