@@ -1,0 +1,663 @@
+/* kafka_producer 0.2.0: storage, status view and SQL API */
+
+\echo Use "CREATE EXTENSION kafka_producer" to load this file. \quit
+
+CREATE SCHEMA kafka;
+
+/*
+ * Refuses installation unless the library was preloaded and this is the
+ * database named by kafka.database: anywhere else nobody would deliver.
+ */
+CREATE FUNCTION kafka.check_database() RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_database';
+SELECT kafka.check_database();
+
+CREATE SEQUENCE kafka.message_id_seq;
+
+/*
+ * Messages waiting for Kafka's acknowledgement: inserted by kafka_send(),
+ * deleted by the worker in the same statement that records their delivery.
+ * Only undelivered rows live here, so the worker's ordered scans stay short.
+ * VACUUM leaves its emptied pages in place (vacuum_truncate): the next
+ * messages reuse them rather than extend the file a page at a time, and
+ * VACUUM never takes the ACCESS EXCLUSIVE lock that truncating would, which
+ * would hold up every session enqueueing meanwhile.
+ */
+CREATE TABLE kafka.outbox (
+	id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	key bytea,
+	value bytea,
+	headers jsonb,
+	"partition" integer,
+	attempts integer NOT NULL DEFAULT 0,
+	last_error text,
+	enqueued_at timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.01,
+		autovacuum_vacuum_insert_scale_factor = 0.01,
+		vacuum_truncate = false);
+
+/*
+ * Messages enqueued by the change-publishing trigger, several to a row:
+ * the row first_id holds the messages first_id .. first_id +
+ * cardinality(keys) - 1, of one topic and one transaction.  A row and an
+ * index entry per page of events, not per event, halves what publishing
+ * adds to a write.  Rows stay small enough to be stored inline, without
+ * TOAST, unless one message alone is larger.  The worker sends them as it
+ * does kafka.outbox rows, deletes a row once all of its messages are
+ * delivered, and moves its messages to kafka.outbox when one fails or must
+ * be sent again.  kafka.pending shows both tables a message per row.
+ * VACUUM leaves its pages in place, as it does kafka.outbox's.
+ */
+CREATE TABLE kafka.outbox_batch (
+	first_id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	keys bytea[] NOT NULL,
+	"values" bytea[] NOT NULL,
+	enqueued_at timestamptz NOT NULL
+) WITH (toast_tuple_target = 8160,
+		autovacuum_vacuum_scale_factor = 0.01,
+		autovacuum_vacuum_insert_scale_factor = 0.01,
+		vacuum_truncate = false);
+
+/* Every undelivered message, with its payload. */
+CREATE VIEW kafka.pending AS
+	SELECT id, topic, key, value, headers, "partition", attempts, last_error,
+		   enqueued_at
+	  FROM kafka.outbox
+	UNION ALL
+	SELECT b.first_id + m.n - 1, b.topic, m.key, m.value, NULL::jsonb,
+		   NULL::integer, 0, NULL::text, b.enqueued_at
+	  FROM kafka.outbox_batch b,
+		   unnest(b.keys, b."values") WITH ORDINALITY AS m(key, value, n);
+
+COMMENT ON VIEW kafka.pending IS
+	'messages not yet delivered, with their payload';
+
+/*
+ * Whether a message with an id from $1 to $2 is undelivered, through the
+ * primary keys: a kafka.outbox_batch row holds at most 256 messages
+ * (KP_BATCH_ROW_MESSAGES).
+ */
+CREATE FUNCTION kafka.any_pending(bigint, bigint) RETURNS boolean
+	LANGUAGE sql STABLE
+AS $$
+	SELECT EXISTS (SELECT FROM kafka.outbox WHERE id BETWEEN $1 AND $2)
+		OR EXISTS (SELECT FROM kafka.outbox_batch
+					WHERE first_id > $1 - 256 AND first_id <= $2
+					  AND first_id + cardinality(keys) > $1)
+$$;
+
+/*
+ * One row per acknowledged message, written in batches; pruned by age.
+ * Its only index is a BRIN on (id, delivered_at): rows arrive in nearly
+ * ascending id and time, and a B-tree here cost the worker a quarter of
+ * its time.  The worker summarizes new ranges as it prunes.
+ */
+CREATE TABLE kafka.delivered (
+	id bigint NOT NULL,
+	topic text NOT NULL,
+	key bytea,
+	"partition" integer NOT NULL,
+	"offset" bigint,
+	attempts integer NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	delivered_at timestamptz NOT NULL
+);
+CREATE INDEX delivered_brin ON kafka.delivered
+	USING brin (id, delivered_at) WITH (pages_per_range = 16, autosummarize = on);
+
+/* Messages Kafka refused for good, with their payload, until retried. */
+CREATE TABLE kafka.failed (
+	id bigint PRIMARY KEY,
+	topic text NOT NULL,
+	key bytea,
+	value bytea,
+	headers jsonb,
+	"partition" integer,
+	attempts integer NOT NULL,
+	error_code text NOT NULL,
+	error text NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	failed_at timestamptz NOT NULL
+);
+
+CREATE VIEW kafka.messages AS
+	SELECT id, topic, key, 'pending'::text AS status, "partition",
+		   NULL::bigint AS "offset", attempts, last_error AS error,
+		   enqueued_at, NULL::timestamptz AS delivered_at
+	  FROM kafka.pending
+	UNION ALL
+	SELECT id, topic, key, 'delivered', "partition", "offset", attempts,
+		   NULL, enqueued_at, delivered_at
+	  FROM kafka.delivered
+	UNION ALL
+	SELECT id, topic, key, 'failed', "partition", NULL, attempts,
+		   error_code || ': ' || error, enqueued_at, NULL
+	  FROM kafka.failed;
+
+COMMENT ON VIEW kafka.messages IS
+	'every message''s fate: pending, delivered (with partition and offset) or failed (with Kafka''s error)';
+
+/*
+ * Per-topic producer settings: Kafka topic properties (acks, compression,
+ * partitioner, timeouts) that override the kafka.* settings for one topic.
+ * A trigger checks each row with librdkafka and tells the worker at
+ * commit; the worker rebuilds its producers to apply them.
+ */
+CREATE TABLE kafka.topic_config (
+	topic text PRIMARY KEY,
+	properties jsonb NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION kafka.topic_config_trigger() RETURNS trigger
+	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_topic_config_trigger';
+CREATE TRIGGER check_and_apply
+	BEFORE INSERT OR UPDATE OR DELETE ON kafka.topic_config
+	FOR EACH ROW EXECUTE FUNCTION kafka.topic_config_trigger();
+CREATE TRIGGER apply_truncate
+	AFTER TRUNCATE ON kafka.topic_config
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.topic_config_trigger();
+
+/* The properties as kafka.topic_config would store them, or an ERROR. */
+CREATE FUNCTION kafka.check_topic_properties(topic text, properties jsonb)
+	RETURNS jsonb
+	LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'kafka_check_topic_properties';
+
+/*
+ * Every Avro schema kafka_send_avro() has used, by the fingerprint its
+ * messages carry (the 8 bytes after 0xC3 0x01: CRC-64-AVRO of the
+ * schema's canonical form, little-endian) and subject (<topic>-value,
+ * <topic>-key).
+ */
+CREATE TABLE kafka.schemas (
+	fingerprint bytea NOT NULL CHECK (length(fingerprint) = 8),
+	subject text NOT NULL,
+	schema jsonb NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (fingerprint, subject)
+);
+
+/* pg_dump keeps what has not been delivered yet. */
+SELECT pg_catalog.pg_extension_config_dump('kafka.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.outbox_batch', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.failed', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.topic_config', '');
+SELECT pg_catalog.pg_extension_config_dump('kafka.schemas', '');
+
+CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
+						   "partition" integer DEFAULT NULL,
+						   headers jsonb DEFAULT NULL)
+	RETURNS bigint
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send';
+
+COMMENT ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) IS
+	'enqueue a message; it is delivered after the calling transaction commits';
+
+/*
+ * Enqueues a row (or any value of a supported type) as an Avro message in
+ * single-object encoding, with its schema derived from the type; the key
+ * likewise.  Transactional, like kafka_send.
+ */
+CREATE FUNCTION kafka_send_avro(topic text, value "any", key "any" DEFAULT NULL,
+								"partition" integer DEFAULT NULL,
+								headers jsonb DEFAULT NULL)
+	RETURNS bigint
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send_avro';
+
+COMMENT ON FUNCTION kafka_send_avro(text, "any", "any", integer, jsonb) IS
+	'enqueue a row as an Avro message (single-object encoding); delivered after commit';
+
+/* Where Kafka stored a message; offset is null with acks = 0. */
+CREATE TYPE kafka.delivery AS (id bigint, "partition" integer, "offset" bigint);
+
+/*
+ * Sends a message now, outside the calling transaction, and waits for
+ * Kafka's acknowledgement; an ERROR if Kafka refuses it or does not answer
+ * within kafka.message_timeout_ms.
+ */
+CREATE FUNCTION kafka_send_sync(topic text, value "any", key "any" DEFAULT NULL,
+								"partition" integer DEFAULT NULL,
+								headers jsonb DEFAULT NULL)
+	RETURNS kafka.delivery
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	AS 'MODULE_PATHNAME', 'kafka_send_sync';
+
+COMMENT ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) IS
+	'send a message now, outside the transaction, and wait for Kafka''s acknowledgement';
+
+/* Tells the worker, at commit, that messages from first_id on are new. */
+CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_wake_worker';
+
+/*
+ * Waits until a message is delivered or failed, or the timeout passes;
+ * returns its status.  Outcomes are also announced by the worker with
+ * NOTIFY kafka_delivery, payload '<status>:<ids>' as in '17,20-31'.
+ */
+CREATE FUNCTION kafka_wait(message_id bigint, timeout interval DEFAULT '30 seconds')
+	RETURNS text
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'kafka_wait';
+
+COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
+	'wait for a message''s final status: delivered, failed, or pending after the timeout';
+
+/*
+ * Waits until every message this session committed since its last flush
+ * is delivered or failed; false if the timeout passed first.
+ */
+CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
+	RETURNS boolean
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'kafka_flush';
+
+COMMENT ON FUNCTION kafka_flush(interval) IS
+	'wait until this session''s committed messages are delivered or failed';
+
+/*
+ * The producer's latest statistics document (librdkafka's STATISTICS.md)
+ * with the worker's counters under "kafka_producer".
+ */
+CREATE FUNCTION kafka_stats() RETURNS jsonb
+	LANGUAGE C VOLATILE
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'kafka_stats';
+
+/* Brokers the producer discovered from the bootstrap list, and their state. */
+CREATE FUNCTION kafka_brokers(OUT id integer, OUT host text, OUT port integer,
+							  OUT state text)
+	RETURNS SETOF record
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT (b->>'nodeid')::integer,
+		   regexp_replace(b->>'nodename', ':[0-9]+$', ''),
+		   substring(b->>'nodename' FROM ':([0-9]+)$')::integer,
+		   b->>'state'
+	  FROM jsonb_each(@extschema@.kafka_stats()->'brokers') AS e(name, b)
+	 WHERE (b->>'nodeid')::integer >= 0
+	 ORDER BY 1
+$$;
+
+/* Partitions of the topics the producer has sent to, with their leaders. */
+CREATE FUNCTION kafka_topics(OUT topic text, OUT "partition" integer,
+							 OUT leader integer)
+	RETURNS SETOF record
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT t.key, (p->>'partition')::integer, (p->>'leader')::integer
+	  FROM jsonb_each(@extschema@.kafka_stats()->'topics') AS t,
+		   jsonb_each(t.value->'partitions') AS e(id, p)
+	 WHERE (p->>'partition')::integer >= 0
+	 ORDER BY 1, 2
+$$;
+
+CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
+	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	current_status text;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed WHERE id = message_id
+		RETURNING id, topic, key, value, headers, "partition", enqueued_at)
+	INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+		SELECT * FROM moved;
+	IF FOUND THEN
+		PERFORM kafka.wake_worker(message_id);
+		RETURN;
+	END IF;
+	SELECT status INTO current_status FROM kafka.messages WHERE id = message_id;
+	IF current_status IS NULL THEN
+		RAISE EXCEPTION 'Kafka message % does not exist', message_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Delivered messages are removed after kafka.status_retention.';
+	END IF;
+	RAISE EXCEPTION 'cannot retry Kafka message %', message_id
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+			  DETAIL = format('Only failed messages can be retried; its status is "%s".',
+							  current_status);
+END
+$$;
+
+COMMENT ON FUNCTION kafka_retry(bigint) IS 're-queue one failed message';
+
+CREATE FUNCTION kafka_retry_failed(topic text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	first_id bigint;
+	requeued bigint;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed f
+		 WHERE kafka_retry_failed.topic IS NULL OR f.topic = kafka_retry_failed.topic
+		RETURNING id, f.topic, key, value, headers, "partition", enqueued_at),
+	inserted AS (
+		INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+			SELECT * FROM moved RETURNING id)
+	SELECT min(id), count(*) INTO first_id, requeued FROM inserted;
+	IF requeued > 0 THEN
+		PERFORM kafka.wake_worker(first_id);
+	END IF;
+	RETURN requeued;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_retry_failed(text) IS
+	're-queue every failed message, or those of one topic; returns how many';
+
+/*
+ * Sets a topic's properties, replacing any it had; NULL or '{}' returns the
+ * topic to the kafka.* settings.  Returns what is now in effect.
+ */
+CREATE FUNCTION kafka_topic_config(topic text, properties jsonb)
+	RETURNS jsonb
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stored jsonb;
+BEGIN
+	IF topic IS NULL THEN
+		RAISE EXCEPTION 'Kafka topic must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF properties IS NULL OR properties = '{}' THEN
+		DELETE FROM kafka.topic_config c WHERE c.topic = kafka_topic_config.topic;
+		RETURN '{}';
+	END IF;
+	stored := kafka.check_topic_properties(topic, properties);
+	INSERT INTO kafka.topic_config AS c (topic, properties)
+		VALUES (kafka_topic_config.topic, stored)
+		ON CONFLICT ON CONSTRAINT topic_config_pkey
+		DO UPDATE SET properties = excluded.properties, updated_at = now();
+	RETURN stored;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_topic_config(text, jsonb) IS
+	'set a topic''s own producer properties (acks, compression.type, partitioner, ...)';
+
+REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_topic_config(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_send_sync(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_send_avro(text, "any", "any", integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_flush(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_brokers() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_topics() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_retry(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_retry_failed(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.wake_worker(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_database() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.topic_config_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_topic_properties(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.any_pending(bigint, bigint) FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * Change publishing: kafka_publish() and its trigger
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * The options of each published table, columns by attribute number so
+ * that renaming a column needs no re-publishing; kafka.publications shows
+ * them by name.
+ */
+CREATE TABLE kafka.publication (
+	relid oid PRIMARY KEY,
+	topic text NOT NULL,
+	format text NOT NULL,
+	key_attnums int2[] NOT NULL,
+	column_attnums int2[],
+	row_filter text,
+	row_filter_function oid,
+	tombstones boolean NOT NULL,
+	time_format text NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('kafka.publication', '');
+
+CREATE VIEW kafka.publications AS
+	SELECT p.relid::regclass AS "table", p.topic, p.format,
+		   (SELECT array_agg(a.attname::text ORDER BY k.n)
+			  FROM unnest(p.key_attnums) WITH ORDINALITY AS k(attnum, n)
+			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = k.attnum) AS key_columns,
+		   (SELECT array_agg(a.attname::text ORDER BY c.n)
+			  FROM unnest(p.column_attnums) WITH ORDINALITY AS c(attnum, n)
+			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = c.attnum
+			 WHERE NOT a.attisdropped) AS columns,
+		   p.row_filter, p.tombstones, p.time_format
+	  FROM kafka.publication p
+	 WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid);
+
+COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
+
+CREATE FUNCTION kafka.publish_trigger() RETURNS trigger
+	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish_trigger';
+
+/* Every row of a published table as an "r" (read) event. */
+CREATE FUNCTION kafka_snapshot(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
+
+COMMENT ON FUNCTION kafka_snapshot(regclass) IS
+	'enqueue every row of a published table as a snapshot (op "r") event';
+
+/* The attribute numbers of names in tbl, or an ERROR naming the unknown ones. */
+CREATE FUNCTION kafka.attnums(tbl regclass, names text[], what text) RETURNS int2[]
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text[];
+	result int2[];
+BEGIN
+	SELECT array_agg(n.name ORDER BY n.i) INTO unknown
+	  FROM unnest(names) WITH ORDINALITY AS n(name, i)
+	 WHERE NOT EXISTS (SELECT FROM pg_attribute a
+						WHERE a.attrelid = tbl AND a.attname = n.name
+						  AND a.attnum > 0 AND NOT a.attisdropped);
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION '% of table % not found: %', what, tbl, array_to_string(unknown, ', ')
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	SELECT array_agg(a.attnum ORDER BY n.i) INTO result
+	  FROM unnest(names) WITH ORDINALITY AS n(name, i)
+	  JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = n.name;
+	RETURN result;
+END
+$$;
+
+/* Prepares a publication's encoders, to report now what would fail later. */
+CREATE FUNCTION kafka.check_publication(tbl regclass) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_publication';
+
+CREATE FUNCTION kafka.check_topic_name(topic text) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_topic_name';
+
+/*
+ * Publishes the changes of a table to Kafka: attaches the extension's
+ * trigger, or updates the options of a table already published.
+ */
+CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
+							  format text DEFAULT 'json',
+							  key_columns text[] DEFAULT NULL,
+							  columns text[] DEFAULT NULL,
+							  snapshot boolean DEFAULT false,
+							  "where" text DEFAULT NULL,
+							  tombstones boolean DEFAULT true,
+							  time_format text DEFAULT 'iso')
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	rel record;
+	key_attnums int2[];
+	column_attnums int2[];
+	filter_function oid;
+	filter_name text;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	filter_name := format('kafka.%I', 'row_filter_' || tbl::oid);
+	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+	IF rel.relkind = 'p' THEN
+		RAISE EXCEPTION 'cannot publish partitioned table %', tbl
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Publish each partition.';
+	END IF;
+	IF rel.relkind <> 'r' THEN
+		RAISE EXCEPTION 'cannot publish "%"', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = format('It is %s; only tables can be published.',
+								  CASE rel.relkind WHEN 'v' THEN 'a view'
+									   WHEN 'm' THEN 'a materialized view'
+									   WHEN 'f' THEN 'a foreign table'
+									   ELSE 'not a table' END);
+	END IF;
+	IF rel.relpersistence = 't' THEN
+		RAISE EXCEPTION 'cannot publish temporary table %', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'The worker cannot see other sessions'' temporary tables; publish a regular table.';
+	END IF;
+	IF format IS NULL OR format NOT IN ('json', 'avro') THEN
+		RAISE EXCEPTION 'unknown format "%"', format
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid formats: json, avro.';
+	END IF;
+	IF time_format IS NULL OR time_format NOT IN ('iso', 'epoch') THEN
+		RAISE EXCEPTION 'unknown time_format "%"', time_format
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid time formats: iso (ISO 8601, timestamptz in UTC), epoch (Debezium''s days and microseconds).';
+	END IF;
+	topic := coalesce(topic, regexp_replace(rel.nspname || '.' || rel.relname,
+											 '[^a-zA-Z0-9._-]', '_', 'g'));
+	PERFORM kafka.check_topic_name(topic);
+
+	IF key_columns IS NULL THEN
+		SELECT array_agg(a.attname::text ORDER BY k.n) INTO key_columns
+		  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
+		 WHERE i.indrelid = tbl AND i.indisprimary
+		   AND a.attrelid = tbl AND a.attnum = k.attnum;
+		IF key_columns IS NULL THEN
+			RAISE EXCEPTION 'table % has no primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  DETAIL = 'Change events are keyed by the key columns.',
+					  HINT = 'Add a primary key, or name the key with key_columns => ARRAY[...].';
+		END IF;
+	ELSIF cardinality(key_columns) = 0 THEN
+		RAISE EXCEPTION 'key_columns must name at least one column'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	key_attnums := kafka.attnums(tbl, key_columns, 'key columns');
+	IF columns IS NOT NULL THEN
+		column_attnums := kafka.attnums(tbl, columns, 'columns');
+	END IF;
+
+	/* polymorphic, so that it does not keep the table from being dropped */
+	EXECUTE format('DROP FUNCTION IF EXISTS %s(anyelement)', filter_name);
+	IF "where" IS NOT NULL THEN
+		EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
+					   'AS %L', filter_name,
+					   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', "where"));
+		filter_function := format('%s(anyelement)', filter_name)::regprocedure;
+		/* checks the condition now rather than at the first change */
+		EXECUTE format('SELECT %s(NULL::%s)', filter_name, tbl);
+	END IF;
+
+	INSERT INTO kafka.publication AS p
+		VALUES (tbl, topic, format, key_attnums, column_attnums, "where",
+				filter_function, tombstones, time_format)
+		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
+			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
+			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
+			tombstones = excluded.tombstones, time_format = excluded.time_format;
+
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish_flush AFTER INSERT OR UPDATE OR DELETE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish AFTER INSERT OR UPDATE OR DELETE ON %s '
+				   'FOR EACH ROW EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	EXECUTE format('CREATE TRIGGER kafka_publish_truncate AFTER TRUNCATE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
+	PERFORM kafka.check_publication(tbl);
+	IF snapshot THEN
+		PERFORM @extschema@.kafka_snapshot(tbl);
+	END IF;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) IS
+	'publish a table''s changes to Kafka as Debezium-style events';
+
+CREATE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
+	LANGUAGE plpgsql STRICT
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	DELETE FROM kafka.publication WHERE relid = tbl;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not published', tbl
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
+	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
+END
+$$;
+
+COMMENT ON FUNCTION kafka_unpublish(regclass) IS 'stop publishing a table''s changes';
+
+/* A dropped table is no longer published. */
+CREATE FUNCTION kafka.forget_dropped_tables() RETURNS event_trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	dropped oid;
+BEGIN
+	FOR dropped IN
+		SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+		  JOIN kafka.publication p ON p.relid = d.objid
+		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+	LOOP
+		DELETE FROM kafka.publication WHERE relid = dropped;
+		EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || dropped);
+	END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER kafka_forget_dropped_tables ON sql_drop
+	EXECUTE FUNCTION kafka.forget_dropped_tables();
+
+REVOKE ALL ON FUNCTION kafka.publish_trigger() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_publication(regclass) FROM PUBLIC;
+
+/*
+ * Per partition, the highest offset at which the worker has recorded a
+ * delivery.  A worker that starts (after a crash, a restart or a
+ * promotion) reads each partition of the topics with pending messages
+ * from just after it, and takes the records whose id header names a
+ * pending message as delivered instead of sending them again.
+ */
+CREATE TABLE kafka.recorded_offsets (
+	topic text NOT NULL,
+	"partition" integer NOT NULL,
+	"offset" bigint NOT NULL,
+	PRIMARY KEY (topic, "partition")
+);
+
