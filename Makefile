@@ -6,6 +6,8 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/committing.o \
+	src/recorded_offsets.o \
+	src/reconcile.o \
 	src/enqueue.o \
 	src/worker.o \
 	src/producer.o \

@@ -69,6 +69,7 @@ typedef enum KpCounter
 	KP_COUNT_TRANSIENT_ERRORS,	/* attempts that failed transiently */
 	KP_COUNT_RETURNED,			/* taken back unsent, to keep order */
 	KP_COUNT_IN_FLIGHT,			/* a gauge: handed over, not yet recorded */
+	KP_COUNT_RECONCILED,		/* found in Kafka at start, not sent again */
 	KP_NUM_COUNTERS
 } KpCounter;
 
@@ -118,6 +119,19 @@ extern void kp_committing_init(void);
 extern void kp_committing_register(TransactionId xid, int64 first_id);
 extern int64 kp_committing_scan_floor(Snapshot snapshot);
 extern bool kp_committing_any(void);
+
+/* recorded_offsets.c: kafka.recorded_offsets */
+extern bool kp_recorded_offsets_present(void);
+extern void kp_recorded_offsets_note(Datum topic, int32 partition,
+									 int64 offset);
+extern void kp_recorded_offsets_forget(void);
+extern void kp_recorded_offsets_save(void);
+
+/* reconcile.c: what Kafka holds of the pending messages */
+extern bool kp_reconcile(void);
+extern bool kp_reconcile_found(int64 id, const char *key, size_t key_len,
+							   int32 *partition, int64 *offset);
+extern void kp_reconcile_done(void);
 
 /* commit_wait.c: kafka.wait_on_commit */
 extern Size kp_commit_wait_shmem_size(void);
@@ -287,6 +301,8 @@ extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
 extern void kp_producer_moved(int64 id, KpRowVersion *row);
 extern void kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
+extern KpSendResult kp_producer_found(KpMessage *msg, KpReportBuffer *buf,
+									  int32 partition, int64 offset);
 extern KpSendResult kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf,
 									   const char *error_name,
 									   const char *error_text);

@@ -474,8 +474,12 @@ static KpSendResult
 send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
 {
 	KpMessage	msg;
+	int32		partition;
+	int64		offset;
 
 	source_message(src, &msg);
+	if (kp_reconcile_found(msg.id, msg.key, msg.key_len, &partition, &offset))
+		return kp_producer_found(&msg, buf, partition, offset);
 	if (kp_registry_enabled())
 	{
 		KpSendResult held_or_refused = frame_for_registry(&msg, buf);
@@ -722,6 +726,7 @@ delivered_writer_add(KpBatchWriter *writer, KpDeliveredMessage *msg,
 	values[DELIVERED_ENQUEUED_AT] = msg->enqueued_at;
 	values[DELIVERED_AT] =
 		TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	kp_recorded_offsets_note(msg->topic, report->partition, report->offset);
 	ExecStoreVirtualTuple(slot);
 	/* the outbox row's buffer is released before the chunk is written */
 	ExecMaterializeSlot(slot);
@@ -1194,6 +1199,7 @@ kp_outbox_record(KpReportBuffer *buf)
 
 	/* this may be a second try after an error */
 	move_count = 0;
+	kp_recorded_offsets_forget();
 	for (int i = 0; i < buf->count; i++)
 		buf->reports[i].held = buf->reports[i].done_with_batch = false;
 	record_batches(buf);
@@ -1210,6 +1216,7 @@ kp_outbox_record(KpReportBuffer *buf)
 		record_delivered(buf, delivered);
 	if (failed > 0)
 		record_failures(buf, failed);
+	kp_recorded_offsets_save();
 }
 
 /*

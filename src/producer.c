@@ -520,6 +520,21 @@ track_in_flight(KpMessage *msg)
 	entry->outbox_row = msg->outbox_row;
 }
 
+/*
+ * Takes msg as delivered at partition and offset without sending it:
+ * Kafka holds it already (reconcile.c).  Its report is recorded like any.
+ */
+KpSendResult
+kp_producer_found(KpMessage *msg, KpReportBuffer *buf, int32 partition,
+				  int64 offset)
+{
+	track_in_flight(msg);
+	kp_report_add(buf, msg->id, KP_DELIVERED, partition, offset,
+				  RD_KAFKA_RESP_ERR_NO_ERROR);
+	kp_shmem_count(KP_COUNT_RECONCILED, 1);
+	return KP_SEND_QUEUED;
+}
+
 KpSendResult
 kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 {

@@ -283,7 +283,7 @@ kp_shmem_counters_json(StringInfo json)
 {
 	static const char *const names[KP_NUM_COUNTERS] = {
 		"sent", "sent_bytes", "delivered", "failed", "transient_errors",
-		"returned", "in_flight"
+		"returned", "in_flight", "reconciled"
 	};
 	char		last_error[KP_LAST_ERROR_LEN];
 	TimestampTz last_error_at;

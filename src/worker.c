@@ -362,6 +362,18 @@ answer_commit_waits_step(void)
 	end_transaction();
 }
 
+static bool reconcile_needed = false;
+static bool reconciled;
+
+static void
+reconcile_step(void)
+{
+	begin_transaction("reconciling pending messages with Kafka");
+	extension_present = kp_outbox_present();
+	reconciled = !extension_present || kp_reconcile();
+	end_transaction();
+}
+
 static int64 send_from;
 static int64 send_last;
 
@@ -418,6 +430,12 @@ send_pending(void)
 	if (rewinding || queue_full || !kp_producer_running() ||
 		kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT)
 		return false;
+	if (reconcile_needed)
+	{
+		if (!run_guarded(reconcile_step) || !reconciled)
+			return false;
+		reconcile_needed = false;
+	}
 
 	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
 	committed_behind = kp_shmem_take_rescan_from();
@@ -436,6 +454,7 @@ send_pending(void)
 	{
 		empty_scan_from = send_from;
 		empty_scan_at = GetCurrentTimestamp();
+		kp_reconcile_done();
 	}
 	return send_last != send_from && !queue_full;
 }
@@ -509,6 +528,8 @@ start_producer(void)
 		pfree(producer_fingerprint);
 	producer_fingerprint = MemoryContextStrdup(TopMemoryContext, fingerprint);
 	kp_producer_start();
+	/* an earlier producer may have sent what was never recorded */
+	reconcile_needed = true;
 }
 
 /*

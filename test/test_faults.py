@@ -1,9 +1,12 @@
 """Fault tests: brokers down, leader changes, injected produce errors,
 crashes and a full local queue while messages are enqueued and drained.
-Each prints one line of counts; lost, leaked and out-of-order must be 0,
-duplicates too except after a crash (see README, Guarantees)."""
+Each prints one line of counts; lost, leaked, duplicated, out-of-order and
+mismatched must be 0, crashes included.  Only where the mock cluster itself
+stores a resent request twice (brokers going down with requests in flight)
+are duplicates counted rather than failed (see README, Guarantees)."""
 
 import json
+import os
 import signal
 import threading
 import time
@@ -13,12 +16,6 @@ import pytest
 
 from harness import consume_all, terminate, wait_until
 from workload import Workload, account, assert_clean, id_header
-
-# the worker's cap on messages handed to librdkafka but not yet recorded
-# (KP_MAX_IN_FLIGHT): what a crash can make it send twice; it finishes a
-# kafka.outbox_batch row past it (KP_BATCH_ROW_MESSAGES - 1 more at most)
-CRASH_DUPLICATES_BOUND = 30000
-BATCH_ROW_EXTRA = 255
 
 
 def enqueue_series(pg, topic, n, keys=100):
@@ -144,34 +141,62 @@ def test_retriable_produce_errors(pg, kafka, settings):
                      "AND \"offset\" IS NULL", (workload.topic,)) == 0
 
 
+def in_flight(pg):
+    return pg.scalar("SELECT (kafka_stats()->'kafka_producer'->>'in_flight')::bigint")
+
+
 def drain_with_crash(pg, kafka, topic, crash):
-    n = 200000
+    """40,000 messages drained slowly (slow_drain), a crash once a few
+    thousand are delivered and while messages are in flight, then a restart:
+    the new worker finds in Kafka what the old one sent but never recorded,
+    and sends nothing twice."""
+    n = 40000
     enqueue_series(pg, topic, n)
-    wait_until(lambda: pg.scalar("SELECT count(*) > 10000 FROM kafka.delivered "
-                                 "WHERE topic = %s", (topic,)),
-               60, interval=0.02, what="the drain to be under way")
+    wait_for_drain_under_way(pg, topic)
+    sent = in_flight(pg)
     crash()
+    assert sent > 0, "nothing was in flight at the crash"
     pg.wait_for_worker()
     pg.wait_until_final(topic, timeout=300)
-    return account_series(pg, kafka.bootstrap, topic, n, f"{topic} (200,000 messages)")
+    counts = account_series(pg, kafka.bootstrap, topic, n, f"{topic} ({n} messages)")
+    reconciled = pg.scalar("SELECT (kafka_stats()->'kafka_producer'->>'reconciled')::bigint")
+    print(f"in flight at the crash: {sent}, found in Kafka by the new worker: {reconciled}")
+    return counts
 
 
-def test_immediate_stop_mid_drain(pg, kafka):
+def test_immediate_stop_mid_drain(pg, kafka, slow_drain):
     def crash():
         pg.stop("immediate")
         pg.start()
-    counts = drain_with_crash(pg, kafka, "fault_immediate_stop", crash)
-    assert_clean(counts, allow_duplicates=True)
-    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND
+    assert_clean(drain_with_crash(pg, kafka, "fault_immediate_stop", crash))
 
 
-def test_worker_sigkill_mid_drain(pg, kafka):
+def test_worker_sigkill_mid_drain(pg, kafka, slow_drain):
     def crash():
         terminate(pg.worker_pid(), signal.SIGKILL)
         time.sleep(1)
-    counts = drain_with_crash(pg, kafka, "fault_worker_sigkill", crash)
-    assert_clean(counts, allow_duplicates=True)
-    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND
+    assert_clean(drain_with_crash(pg, kafka, "fault_worker_sigkill", crash))
+
+
+def test_postmaster_sigkill_mid_drain(pg, kafka, slow_drain):
+    """The whole server dies at once, as in a power cut of the host."""
+    def crash():
+        pids = [row[0] for row in pg.query("SELECT pid FROM pg_stat_activity")]
+        postmaster = int(open(os.path.join(pg.data, "postmaster.pid")).readline())
+        terminate(postmaster, signal.SIGKILL)
+        # its children leave once they see the postmaster gone
+        wait_until(lambda: not any(alive(pid) for pid in pids), 60,
+                   what="the server's processes to exit")
+        pg.start()
+    assert_clean(drain_with_crash(pg, kafka, "fault_postmaster_sigkill", crash))
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_local_queue_full(pg, kafka, settings):
@@ -281,8 +306,8 @@ def test_published_changes_permanent_error_then_retry(pg, kafka, slow_drain):
 
 
 def test_published_changes_worker_sigkill(pg, kafka, slow_drain):
-    """The worker is killed while published changes drain: it resends at
-    most what was in flight; nothing is lost."""
+    """The worker is killed while published changes drain: the new one finds
+    in Kafka what was in flight, and sends nothing twice."""
     table = "fault_published_sigkill"
     publish_series(pg, table)
     wait_for_drain_under_way(pg, table)
@@ -291,6 +316,5 @@ def test_published_changes_worker_sigkill(pg, kafka, slow_drain):
     pg.wait_for_worker()
     pg.wait_until_final(table, timeout=300)
     counts = account_published(pg, kafka, table, "published changes, worker SIGKILL")
-    assert_clean(counts, allow_duplicates=True)
-    assert counts["duplicated"] <= CRASH_DUPLICATES_BOUND + BATCH_ROW_EXTRA
+    assert_clean(counts)
 
