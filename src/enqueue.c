@@ -520,6 +520,9 @@ kp_message_check(KpNewMessage *msg)
 		size += VARSIZE_ANY_EXHDR(msg->key);
 	if (msg->headers != NULL)
 		size += check_headers(msg->headers);
+	/* the id header the worker adds, with the longest id */
+	if (kp_id_header != NULL && kp_id_header[0] != '\0')
+		size += KP_HEADER_OVERHEAD + strlen(kp_id_header) + MAXINT8LEN;
 	if (size > (Size) kp_message_max_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -614,6 +614,9 @@ kafka_producer_worker_main(Datum main_arg)
 	/* the worker runs as superuser: resolve nothing through user schemas */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET,
 					PGC_S_OVERRIDE);
+	/* its few statements gain nothing from parallel workers it must wait for */
+	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET,
+					PGC_S_OVERRIDE);
 	kp_shmem_worker_attach();
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
