@@ -40,3 +40,13 @@ def settings(pg):
     yield apply
     if changed:
         pg.set_config(**{name: None for name in changed})
+
+
+@pytest.fixture
+def slow_brokers(kafka):
+    """30 ms round trips to every broker, for one test."""
+    for broker in (1, 2, 3):
+        kafka.command(f"rtt {broker} 30")
+    yield
+    for broker in (1, 2, 3):
+        kafka.command(f"rtt {broker} 0")

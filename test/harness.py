@@ -90,6 +90,24 @@ class PgCluster:
                 f.write(f"{name} = {value}\n")
         self.start()
 
+    @classmethod
+    def standby_of(cls, primary):
+        """A streaming standby of primary, made with pg_basebackup -R."""
+        standby = cls.__new__(cls)
+        standby.dir = tempfile.mkdtemp(prefix="kp_standby_")
+        standby.data = os.path.join(standby.dir, "data")
+        standby.log = os.path.join(standby.dir, "postgresql.log")
+        standby.port = free_port()
+        standby.dbname = primary.dbname
+        subprocess.run([os.path.join(PG_BINDIR, "pg_basebackup"), "-D", standby.data,
+                        "-h", primary.dir, "-p", str(primary.port), "-U", "postgres",
+                        "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+                       check=True, capture_output=True)
+        with open(os.path.join(standby.data, "postgresql.conf"), "a") as f:
+            f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.dir}'\n")
+        standby.start()
+        return standby
+
     def pg_ctl(self, *args):
         subprocess.run([os.path.join(PG_BINDIR, "pg_ctl"), "-D", self.data,
                         "-l", self.log, "-w", *args],

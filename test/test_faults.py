@@ -241,17 +241,12 @@ def account_published(pg, kafka, table, name):
 
 
 @pytest.fixture
-def slow_drain(kafka, settings, pg):
+def slow_drain(slow_brokers, settings, pg):
     """Small produce requests and 30 ms round trips: the drain of the
     series takes seconds, long enough to be interrupted."""
     settings(batch_size=16384)
     wait_until(lambda: pg.scalar("SHOW kafka.batch_size") == "16kB", 10,
                what="the reload")
-    for broker in (1, 2, 3):
-        kafka.command(f"rtt {broker} 30")
-    yield
-    for broker in (1, 2, 3):
-        kafka.command(f"rtt {broker} 0")
 
 
 def wait_for_drain_under_way(pg, topic):

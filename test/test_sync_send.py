@@ -50,19 +50,20 @@ def test_returns_where_kafka_stored_it(pg, kafka):
     # acknowledged before the call returned: it is in Kafka now
     records = consume_all(kafka.bootstrap, "sync_basic")
     assert [(r.partition, r.offset, r.key, r.value, r.headers) for r in records] == \
-        [(partition, offset, b"k1", b"hello", [("h", b"v")])]
+        [(partition, offset, b"k1", b"hello",
+          [("h", b"v"), ("kafka_producer.id", str(message_id).encode())])]
     assert recorded(pg, message_id) == ("delivered", partition, offset, None)
 
 
 def test_large_message_travels_in_a_segment(pg, kafka):
     """Messages over the slot's 4 kB go through dynamic shared memory."""
     big = "".join(chr(97 + i % 26) for i in range(200000))
-    for value, key in ((big, "big"), ("x" * 3000, "k" * 1000)):
-        send_sync(pg, "sync_large", value, key=key, headers='{"size": "%d"}' % len(value))
+    ids = [send_sync(pg, "sync_large", value, key=key, headers='{"size": "%d"}' % len(value))[0]
+           for value, key in ((big, "big"), ("x" * 3000, "k" * 1000))]
     records = consume_all(kafka.bootstrap, "sync_large")
     assert sorted((r.key, r.value, r.headers) for r in records) == sorted([
-        (b"big", big.encode(), [("size", b"200000")]),
-        (b"k" * 1000, b"x" * 3000, [("size", b"3000")])])
+        (b"big", big.encode(), [("size", b"200000"), ("kafka_producer.id", str(ids[0]).encode())]),
+        (b"k" * 1000, b"x" * 3000, [("size", b"3000"), ("kafka_producer.id", str(ids[1]).encode())])])
 
 
 def test_sent_even_if_the_caller_rolls_back(pg, kafka):

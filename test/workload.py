@@ -7,6 +7,8 @@ import random
 import threading
 from collections import defaultdict
 
+import psycopg2
+
 from harness import consume_all
 
 
@@ -139,7 +141,7 @@ def account(pg, bootstrap, workload, name):
     counts = {
         "committed": len(workload.committed),
         "rolled_back": len(workload.rolled_back),
-        "delivered": len(seen),
+        "delivered": sum(1 for t in seen if t in workload.committed),
         "lost": len(lost),
         "leaked": len(leaked),
         "duplicated": duplicated,
@@ -147,6 +149,10 @@ def account(pg, bootstrap, workload, name):
         "status_mismatch": wrong_status,
         "id_mismatch": id_mismatch,
     }
+    in_doubt = getattr(workload, "in_doubt", set())
+    if in_doubt:
+        print(f"in doubt (COMMIT unanswered): {len(in_doubt)}, of them in Kafka: "
+              f"{sum(1 for t in in_doubt if t in seen)}")
     print(f"\n{name}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
 
@@ -169,9 +175,12 @@ class OwnKeysWorkload(Workload):
         self.rolled_back = set()
         self.runs = 0
         self.numbers = defaultdict(int)     # key -> last committed number
+        self.in_doubt = set()   # tokens of a COMMIT whose answer was lost
 
     def session(self, session, transactions, max_size, rollback_rate,
                 min_size=5):
+        """Stops at the first lost connection: a transaction cut short is
+        rolled back, one whose COMMIT got no answer is in doubt."""
         conn = self.pg.connect(autocommit=False)
         cur = conn.cursor()
         keys = [f"s{session}-k{i}" for i in range(self.keys_per_session)]
@@ -182,23 +191,35 @@ class OwnKeysWorkload(Workload):
                 chosen = self.random.choices(keys, k=size)
             numbers = {}
             sent = []
-            for i, key in enumerate(chosen):
-                numbers[key] = numbers.get(key, self.numbers[key]) + 1
-                token = f"{self.runs}-{session}-{txn}-{i}"
-                value = json.dumps({"t": token, "k": key, "n": numbers[key]})
-                cur.execute("SELECT kafka_send(%s, %s::jsonb, key => %s)",
-                            (self.topic, value, key))
-                sent.append((token, cur.fetchone()[0], key, numbers[key]))
-            if rollback:
-                conn.rollback()
-            else:
-                conn.commit()
+            outcome = self.rolled_back if rollback else self.committed
+            try:
+                for i, key in enumerate(chosen):
+                    numbers[key] = numbers.get(key, self.numbers[key]) + 1
+                    token = f"{self.runs}-{session}-{txn}-{i}"
+                    value = json.dumps({"t": token, "k": key, "n": numbers[key]})
+                    cur.execute("SELECT kafka_send(%s, %s::jsonb, key => %s)",
+                                (self.topic, value, key))
+                    sent.append((token, cur.fetchone()[0], key, numbers[key]))
+            except psycopg2.OperationalError:
+                outcome = self.rolled_back
+            try:
+                if outcome is self.committed:
+                    try:
+                        conn.commit()
+                    except psycopg2.OperationalError:
+                        outcome = self.in_doubt
+                elif not conn.closed:
+                    conn.rollback()
+            except psycopg2.OperationalError:
+                pass
             with self.lock:
                 for token, message_id, key, number in sent:
-                    if rollback:
-                        self.rolled_back.add(token)
-                    else:
+                    if outcome is self.committed:
                         self.committed[token] = (message_id, key, number)
-                if not rollback:
+                    else:
+                        outcome.add(token)
+                if outcome is self.committed:
                     self.numbers.update(numbers)
+            if conn.closed:
+                return
         conn.close()
