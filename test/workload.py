@@ -123,8 +123,12 @@ def account(pg, bootstrap, workload, name):
         out_of_order += sum(1 for a, b in zip(first_seen, first_seen[1:]) if b <= a)
 
     # every record names its kafka.messages id in the id header
-    id_mismatch = sum(1 for r in records
-                      if id_header(r) != workload.committed.get(json.loads(r.value)["t"], (None,))[0])
+    in_doubt = getattr(workload, "in_doubt", {})
+    id_mismatch = 0
+    for r in records:
+        token = json.loads(r.value)["t"]
+        sent = workload.committed.get(token) or in_doubt.get(token)
+        id_mismatch += sent is None or id_header(r) != sent[0]
 
     status = {row[0]: row[1:] for row in pg.query(
         "SELECT id, status, \"partition\", \"offset\" FROM kafka.messages WHERE topic = %s",
@@ -149,7 +153,6 @@ def account(pg, bootstrap, workload, name):
         "status_mismatch": wrong_status,
         "id_mismatch": id_mismatch,
     }
-    in_doubt = getattr(workload, "in_doubt", set())
     if in_doubt:
         print(f"in doubt (COMMIT unanswered): {len(in_doubt)}, of them in Kafka: "
               f"{sum(1 for t in in_doubt if t in seen)}")
@@ -175,7 +178,7 @@ class OwnKeysWorkload(Workload):
         self.rolled_back = set()
         self.runs = 0
         self.numbers = defaultdict(int)     # key -> last committed number
-        self.in_doubt = set()   # tokens of a COMMIT whose answer was lost
+        self.in_doubt = {}      # the same, of a COMMIT whose answer was lost
 
     def session(self, session, transactions, max_size, rollback_rate,
                 min_size=5):
@@ -214,10 +217,10 @@ class OwnKeysWorkload(Workload):
                 pass
             with self.lock:
                 for token, message_id, key, number in sent:
-                    if outcome is self.committed:
-                        self.committed[token] = (message_id, key, number)
-                    else:
+                    if outcome is self.rolled_back:
                         outcome.add(token)
+                    else:
+                        outcome[token] = (message_id, key, number)
                 if outcome is self.committed:
                     self.numbers.update(numbers)
             if conn.closed:
