@@ -7,7 +7,7 @@ the rest: nothing lost, nothing twice, every key in order."""
 import threading
 
 from harness import PgCluster, wait_until
-from test_faults import in_flight
+from test_faults import in_flight, reconcile_report, reconciled_count
 from workload import OwnKeysWorkload, account, assert_clean
 
 
@@ -46,8 +46,9 @@ def test_failover_to_synchronous_standby(kafka, slow_brokers):
         standby.wait_for_worker()
         standby.wait_until_final("failover", timeout=300)
         counts = account(standby, kafka.bootstrap, workload, "failover to a synchronous standby")
-        reconciled = standby.scalar("SELECT (kafka_stats()->'kafka_producer'->>'reconciled')::bigint")
+        reconciled = reconciled_count(standby)
         print(f"in flight at the stop: {sent}, found in Kafka after the promotion: {reconciled}")
+        print(reconcile_report(standby))
         assert counts["committed"] > 1000
         assert_clean(counts)
     finally:
