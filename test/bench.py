@@ -6,6 +6,8 @@ in the same run on the same machine, and the write cost per message.
   drain     N committed messages until all are delivered  vs  kcat
             producing the same N messages to the same mock cluster with
             the same acks, compression and linger
+  id header the drain with the id header (kafka.id_header) vs without,
+            in turns within each round
   WAL       bytes written per message by the enqueue and by the drain
   latency   commit -> delivered, p50 and p99, at a steady 1,000 msg/s, for
             several kafka.linger_ms values
@@ -144,7 +146,7 @@ def main():
 
         worker = pg.wait_for_worker()
         rss = {"before": rss_kb(worker), "during": 0}
-        enqueue, insert, drains, kcats = [], [], [], []
+        enqueue, insert, drains, kcats, bare_drains = [], [], [], [], []
         enqueue_wal, insert_wal, drain_wal = [], [], []
         for r in range(ROUNDS):
             # enqueue while all brokers are down, so that only the enqueue is timed
@@ -170,13 +172,20 @@ def main():
                     time.sleep(0.1)
             sampler = threading.Thread(target=sample)
             sampler.start()
-            seconds, wal = drain(pg, f"drain{r}")
+            # with and without the id header, in turns, in the same round
+            for header in (("kafka_producer.id", "") if r % 2 == 0 else ("", "kafka_producer.id")):
+                pg.set_config(id_header=header)
+                wait_until(lambda: pg.scalar("SHOW kafka.id_header") == header,
+                           what="the reload")
+                seconds, wal = drain(pg, f"drain{r}{'h' if header else ''}")
+                (drains if header else bare_drains).append(seconds)
+                if header:
+                    drain_wal.append(wal)
+                pg.query("TRUNCATE kafka.delivered")
+                pg.query("VACUUM kafka.outbox")
+            pg.set_config(id_header=None)
             sampling[0] = False
             sampler.join()
-            drains.append(seconds)
-            drain_wal.append(wal)
-            pg.query("TRUNCATE kafka.delivered")
-            pg.query("VACUUM kafka.outbox")
         os.unlink(lines.name)
         rss["after"] = rss_kb(worker)
 
@@ -192,6 +201,10 @@ def main():
         print(f"{'drain throughput':<34} {N / statistics.median(drains):8.0f} msg/s vs "
               f"{N / statistics.median(kcats):8.0f} msg/s (kcat)  = "
               f"{statistics.median(kcats) / statistics.median(drains):.2f}x kcat's")
+        print(f"{'drain: id header vs none':<34} {statistics.median(drains):8.3f} s  vs "
+              f"{statistics.median(bare_drains):8.3f} s  = the header costs "
+              f"{100 * (1 - statistics.median(bare_drains) / statistics.median(drains)):.1f} % "
+              f"of the drain's throughput")
         print(f"{'WAL per message: enqueue':<34} {statistics.median(enqueue_wal) / N:8.0f} B"
               f"  vs {statistics.median(insert_wal) / N:8.0f} B (INSERT)")
         print(f"{'WAL per message: drain':<34} {statistics.median(drain_wal) / N:8.0f} B")
