@@ -176,6 +176,8 @@ new_consumer(void)
 		rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		/* what it fetches ahead stays in the worker's memory */
+		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "group.id", "kafka_producer.reconcile", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 	{
 		if (conf != NULL)

@@ -37,6 +37,7 @@ typedef struct KpOffsetMark
 static KpOffsetMark *marks = NULL;
 static int	mark_count = 0;
 static int	mark_capacity = 0;
+static int	last_found = 0;
 static SPIPlanPtr save_plan = NULL;
 
 bool
@@ -59,10 +60,14 @@ kp_recorded_offsets_note(Datum topic, int32 partition, int64 offset)
 		return;					/* acks=0: Kafka gave no offset */
 	for (int i = 0; i < mark_count; i++)
 	{
-		if (marks[i].partition == partition &&
-			datum_image_eq(marks[i].topic, topic, false, -1))
+		/* the last one found first: reports come in runs of a partition */
+		int			k = (last_found + i) % mark_count;
+
+		if (marks[k].partition == partition &&
+			datum_image_eq(marks[k].topic, topic, false, -1))
 		{
-			marks[i].offset = Max(marks[i].offset, offset);
+			marks[k].offset = Max(marks[k].offset, offset);
+			last_found = k;
 			return;
 		}
 	}
@@ -84,6 +89,7 @@ void
 kp_recorded_offsets_forget(void)
 {
 	mark_count = 0;
+	last_found = 0;
 }
 
 /* Saves the noted offsets, in the recording step's transaction. */
@@ -101,7 +107,7 @@ kp_recorded_offsets_save(void)
 		return;
 	if (!kp_recorded_offsets_present())
 	{
-		mark_count = 0;
+		kp_recorded_offsets_forget();
 		return;
 	}
 	topics = palloc(mark_count * sizeof(Datum));
@@ -120,7 +126,7 @@ kp_recorded_offsets_save(void)
 	args[2] = PointerGetDatum(construct_array(offsets, mark_count, INT8OID,
 											  sizeof(int64), FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
-	mark_count = 0;
+	kp_recorded_offsets_forget();
 	if (save_plan == NULL)
 	{
 		save_plan = SPI_prepare("INSERT INTO kafka.recorded_offsets AS r "
