@@ -25,7 +25,7 @@ OBJS = \
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync topic_config avro publish
+REGRESS = setup send config retry wait sync topic_config avro publish security
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

@@ -22,3 +22,11 @@ SELECT topic, "partition", max("offset")
   FROM kafka.delivered
  WHERE "offset" IS NOT NULL
  GROUP BY topic, "partition";
+
+/*
+ * The sql_drop event trigger runs on every role's DROP: as the extension's
+ * owner, so that roles without rights on kafka.* can drop their objects.
+ */
+ALTER FUNCTION kafka.forget_dropped_tables() SECURITY DEFINER;
+REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;

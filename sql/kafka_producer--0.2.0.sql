@@ -619,9 +619,12 @@ $$;
 
 COMMENT ON FUNCTION kafka_unpublish(regclass) IS 'stop publishing a table''s changes';
 
-/* A dropped table is no longer published. */
+/*
+ * A dropped table is no longer published.  It runs on every role's DROP,
+ * so it runs as the extension's owner: nobody needs rights on kafka.*.
+ */
 CREATE FUNCTION kafka.forget_dropped_tables() RETURNS event_trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
 AS $$
 DECLARE
@@ -646,6 +649,8 @@ REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boole
 REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_publication(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;
 
 /*
  * Per partition, the highest offset at which the worker has recorded a

@@ -18,6 +18,19 @@ def old_pg(kafka):
     cluster.destroy()
 
 
+SHAPE = """
+SELECT pg_describe_object(d.classid, d.objid, 0),
+       coalesce(p.proacl, c.relacl)::text, p.prosecdef, p.proconfig::text, md5(p.prosrc),
+       (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+          FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)
+  FROM pg_depend d
+  LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid
+  LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'kafka_producer')
+ ORDER BY 1"""
+
+
 def statuses(pg, topic):
     return dict(pg.query("SELECT id, status FROM kafka.messages WHERE topic = %s", (topic,)))
 
@@ -49,6 +62,14 @@ def test_update_from_0_1_0_keeps_and_delivers_everything(old_pg, kafka):
                          "WHERE topic = 'upgrade'") > 0
     finally:
         all_brokers(kafka, "up")
+
+    # the updated extension is the one a fresh install makes
+    fresh = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'"})
+    try:
+        fresh.query("CREATE EXTENSION kafka_producer")
+        assert pg.query(SHAPE) == fresh.query(SHAPE)
+    finally:
+        fresh.destroy()
 
     final = pg.wait_until_final("upgrade")
     assert final == {"delivered": delivered + pending, "failed": 1}
