@@ -8,6 +8,7 @@ OBJS = \
 	src/committing.o \
 	src/recorded_offsets.o \
 	src/reconcile.o \
+	src/drop_guard.o \
 	src/enqueue.o \
 	src/worker.o \
 	src/producer.o \
@@ -25,7 +26,7 @@ OBJS = \
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync topic_config avro publish security
+REGRESS = setup send config retry wait sync topic_config avro publish security drop
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

@@ -27,6 +27,7 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
+	kp_drop_guard_init();
 	kp_guc_init();
 	kp_shmem_init();
 	kp_committing_init();

@@ -133,6 +133,9 @@ extern bool kp_reconcile_found(int64 id, const char *key, size_t key_len,
 							   int32 *partition, int64 *offset);
 extern void kp_reconcile_done(void);
 
+/* drop_guard.c: DROP EXTENSION keeps undelivered messages */
+extern void kp_drop_guard_init(void);
+
 /* commit_wait.c: kafka.wait_on_commit */
 extern Size kp_commit_wait_shmem_size(void);
 extern void kp_commit_wait_shmem_init(void);
