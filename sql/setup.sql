@@ -30,12 +30,6 @@ CREATE EXTENSION kafka_producer;
 \c contrib_regression
 DROP DATABASE kafka_other;
 
--- Functions are not for everyone
-SELECT p.proname, p.proacl IS NOT NULL AND NOT has_function_privilege('public', p.oid, 'EXECUTE') AS revoked
-  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
- WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'kafka_producer')
- ORDER BY 1;
-
 -- A table with a column of each type the encoders map, for avro.sql and
 -- publish.sql, which add columns of their own
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
