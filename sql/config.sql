@@ -37,6 +37,21 @@ ALTER SYSTEM SET kafka.acks = 'all';
 ALTER SYSTEM SET kafka.status_retention = '2h';
 -- the schema registry: an http(s) URL, trailing slashes dropped
 ALTER SYSTEM SET kafka.schema_registry_url = 'registry:8081';
+-- credentials from a file only the server reads: checked like the
+-- pass-through, without ever echoing a value
+\set props_path /tmp/kafka_producer_regress.properties
+ALTER SYSTEM SET kafka.producer_properties_file = 'relative/path';
+ALTER SYSTEM SET kafka.producer_properties_file = '/nonexistent/kafka.properties';
+COPY (SELECT unnest(ARRAY['# SASL', ' sasl.username = app ', '', 'sasl.password=s3cret=x'])) TO :'props_path';
+ALTER SYSTEM SET kafka.producer_properties_file = :'props_path';
+COPY (SELECT unnest(ARRAY['sasl.username=app', 'acks=0'])) TO :'props_path';
+ALTER SYSTEM SET kafka.producer_properties_file = :'props_path';
+COPY (SELECT unnest(ARRAY['sasl.username=app', 'sasl.password'])) TO :'props_path';
+ALTER SYSTEM SET kafka.producer_properties_file = :'props_path';
+COPY (SELECT 'no.such.property=1') TO :'props_path';
+ALTER SYSTEM SET kafka.producer_properties_file = :'props_path';
+ALTER SYSTEM RESET kafka.producer_properties_file;
+
 ALTER SYSTEM SET kafka.schema_registry_url = 'ftp://registry:8081';
 SET kafka.schema_registry_url = 'http://registry:8081';
 ALTER SYSTEM SET kafka.schema_registry_url = 'https://registry.example.com:8081//';
@@ -50,6 +65,7 @@ SHOW kafka.producer_properties;
 SELECT count(*) FROM pg_settings WHERE name = 'kafka.producer_properties';
 SHOW kafka.schema_registry_user_info;
 SELECT count(*) FROM pg_settings WHERE name = 'kafka.schema_registry_user_info';
+SHOW kafka.producer_properties_file;
 SHOW kafka.schema_registry_url;
 SHOW kafka.acks;
 RESET ROLE;

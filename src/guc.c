@@ -10,8 +10,10 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <limits.h>
 
+#include "storage/fd.h"
 #include "utils/guc.h"
 
 #include "kafka_producer.h"
@@ -29,6 +31,7 @@ static bool kp_enable_idempotence = true;
 static int	kp_message_timeout_ms = 300000;
 static int	kp_statistics_interval_ms = 5000;
 static char *kp_producer_properties = NULL;
+static char *kp_producer_properties_file = NULL;
 
 int			kp_message_max_bytes = 1000000;
 char	   *kp_database = NULL;
@@ -189,6 +192,31 @@ check_schema_registry_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * Checks properties given through setting: none that has a setting of its
+ * own, and each accepted by librdkafka.
+ */
+static bool
+check_property_list(const char *setting, KpProperty *props, int count)
+{
+	for (int i = 0; i < count; i++)
+	{
+		const char *owner = owning_setting(props[i].name);
+
+		if (owner != NULL)
+		{
+			GUC_check_errdetail("Kafka property \"%s\" cannot be set through %s.",
+								props[i].name, setting);
+			if (*owner != '\0')
+				GUC_check_errhint("Set \"%s\" instead.", owner);
+			return false;
+		}
+		if (!rdkafka_accepts(setting, props[i].name, props[i].value))
+			return false;
+	}
+	return true;
+}
+
 static bool
 check_producer_properties(char **newval, void **extra, GucSource source)
 {
@@ -204,23 +232,93 @@ check_producer_properties(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("\"%s\" is not of the form name=value.", bad);
 		return false;
 	}
-	for (int i = 0; i < count; i++)
-	{
-		const char *owner = owning_setting(props[i].name);
+	return check_property_list("kafka.producer_properties", props, count);
+}
 
-		if (owner != NULL)
-		{
-			GUC_check_errdetail("Kafka property \"%s\" cannot be set through kafka.producer_properties.",
-								props[i].name);
-			if (*owner != '\0')
-				GUC_check_errhint("Set \"%s\" instead.", owner);
-			return false;
-		}
-		if (!rdkafka_accepts("kafka.producer_properties", props[i].name,
-							 props[i].value))
-			return false;
+/* white space off both ends of s, in place */
+static char *
+trim(char *s)
+{
+	char	   *end;
+
+	while (isspace((unsigned char) *s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && isspace((unsigned char) end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * Reads the properties file: a name=value per line; blank lines and lines
+ * starting with # are skipped.  Returns the number of properties, or -1
+ * with *error saying why (never a value: they may be secrets).
+ */
+static int
+read_properties_file(const char *path, KpProperty **props, char **error)
+{
+	FILE	   *file = AllocateFile(path, "r");
+	char		line[8192];
+	int			count = 0;
+	int			capacity = 8;
+	int			lineno = 0;
+
+	if (file == NULL)
+	{
+		*error = psprintf("Could not open file \"%s\": %m.", path);
+		return -1;
 	}
-	return true;
+	*props = palloc(capacity * sizeof(KpProperty));
+	while (fgets(line, sizeof(line), file) != NULL)
+	{
+		char	   *text = trim(line);
+		char	   *eq = strchr(text, '=');
+
+		lineno++;
+		if (*text == '\0' || *text == '#')
+			continue;
+		if (eq == NULL || eq == text)
+		{
+			FreeFile(file);
+			*error = psprintf("Line %d of file \"%s\" is not of the form name=value.",
+							  lineno, path);
+			return -1;
+		}
+		*eq = '\0';
+		if (count == capacity)
+		{
+			capacity *= 2;
+			*props = repalloc(*props, capacity * sizeof(KpProperty));
+		}
+		(*props)[count].name = pstrdup(trim(text));
+		(*props)[count].value = pstrdup(trim(eq + 1));
+		count++;
+	}
+	FreeFile(file);
+	return count;
+}
+
+static bool
+check_producer_properties_file(char **newval, void **extra, GucSource source)
+{
+	KpProperty *props;
+	char	   *error = NULL;
+	int			count;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (!is_absolute_path(*newval))
+	{
+		GUC_check_errdetail("The properties file must be given by an absolute path.");
+		return false;
+	}
+	count = read_properties_file(*newval, &props, &error);
+	if (count < 0)
+	{
+		GUC_check_errdetail("%s", error);
+		return false;
+	}
+	return check_property_list("kafka.producer_properties_file", props, count);
 }
 
 /* Kafka's bootstrap list: host:port pairs separated by commas. */
@@ -271,17 +369,36 @@ producer_properties(KpProperty **props)
 	int			n = 0;
 	KpProperty *p;
 
+	KpProperty *file_props = NULL;
+	int			file_count = 0;
+	char	   *error = NULL;
+
 	if (kp_producer_properties != NULL && *kp_producer_properties != '\0')
 		extra_count = parse_property_list(kp_producer_properties,
 										  &extra_props, &bad);
 	/* the check hook has seen this value already */
 	Assert(extra_count >= 0);
+	if (kp_producer_properties_file != NULL &&
+		*kp_producer_properties_file != '\0')
+		file_count = read_properties_file(kp_producer_properties_file,
+										  &file_props, &error);
+	/* the file changed since the check: without its properties, say why */
+	if (file_count < 0)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("ignoring kafka.producer_properties_file"),
+				 errdetail_internal("%s", error)));
+		file_count = 0;
+	}
 
-	p = palloc((14 + extra_count) * sizeof(KpProperty));
+	p = palloc((14 + extra_count + file_count) * sizeof(KpProperty));
 	/* defaults the user may override through the pass-through */
 	p[n++] = (KpProperty) {"client.id", "kafka_producer"};
 	for (int i = 0; i < extra_count; i++)
 		p[n++] = extra_props[i];
+	for (int i = 0; i < file_count; i++)
+		p[n++] = file_props[i];
 	p[n++] = (KpProperty) {"bootstrap.servers", kp_bootstrap_servers};
 	p[n++] = (KpProperty) {"acks", psprintf("%d", kp_acks)};
 	p[n++] = (KpProperty) {"compression.type",
@@ -417,6 +534,12 @@ kp_guc_init(void)
 							   &kp_producer_properties, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   check_producer_properties, NULL, NULL);
+	DefineCustomStringVariable("kafka.producer_properties_file",
+							   "A file of further librdkafka producer properties, a name=value per line, read by the server only.",
+							   "The place for credentials (sasl.password, ssl.key.password): unlike settings, the file's content is visible to no SQL role.",
+							   &kp_producer_properties_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_producer_properties_file, NULL, NULL);
 	DefineCustomBoolVariable("kafka.wait_on_commit",
 							 "COMMIT returns only once Kafka has acknowledged the transaction's messages.",
 							 "A failure or a wait longer than kafka.message_timeout_ms is reported with a WARNING: the transaction is committed already.",

@@ -57,6 +57,21 @@ def test_id_header_named_by_setting_or_off(pg, kafka, settings):
     assert headers == {b"named": [("msg-id", str(named).encode())], b"none": []}
 
 
+def test_properties_file_reaches_the_producer(pg, kafka, settings, tmp_path):
+    """kafka.producer_properties_file: properties only the server reads,
+    applied on reload; SHOW and pg_settings give its path, never them."""
+    path = tmp_path / "kafka.properties"
+    path.write_text("# the producer's name, as the brokers see it\nclient.id = from-file\n")
+    settings(producer_properties_file=str(path))
+    wait_until(lambda: pg.scalar("SELECT kafka_stats()->>'client_id'") == "from-file", 60,
+               what="the producer to take the file's client.id")
+    send(pg, "properties_file", "v")
+    assert pg.wait_until_final("properties_file") == {"delivered": 1}
+    settings(producer_properties_file=None)
+    wait_until(lambda: pg.scalar("SELECT kafka_stats()->>'client_id'") == "kafka_producer", 60,
+               what="the producer to drop the file's client.id")
+
+
 def test_rollback_sends_nothing(pg, kafka):
     conn = pg.connect(autocommit=False)
     cur = conn.cursor()
