@@ -127,14 +127,21 @@ kp_committing_scan_floor(Snapshot snapshot)
 	for (int i = 0; i < MaxBackends; i++)
 	{
 		KpCommittingSlot *slot = &slots[i];
+		TransactionId xid;
 
 		SpinLockAcquire(&slot->mutex);
-		if (TransactionIdIsValid(slot->xid))
-		{
+		xid = slot->xid;
+		if (TransactionIdIsValid(xid))
 			floor = Min(floor, slot->first_id);
-			if (!XidInMVCCSnapshot(slot->xid, snapshot))
-				slot->xid = InvalidTransactionId;
-		}
+		SpinLockRelease(&slot->mutex);
+
+		/* not under the spinlock: it may read pg_subtrans */
+		if (!TransactionIdIsValid(xid) || XidInMVCCSnapshot(xid, snapshot))
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		/* unless the backend registered its next transaction meanwhile */
+		if (TransactionIdEquals(slot->xid, xid))
+			slot->xid = InvalidTransactionId;
 		SpinLockRelease(&slot->mutex);
 	}
 	return floor;

@@ -124,13 +124,16 @@ extern bool kp_committing_any(void);
 extern bool kp_recorded_offsets_present(void);
 extern void kp_recorded_offsets_note(Datum topic, int32 partition,
 									 int64 offset);
+extern void kp_recorded_offsets_hold(Datum topic, int32 partition,
+									 int64 offset);
 extern void kp_recorded_offsets_forget(void);
 extern void kp_recorded_offsets_save(void);
 
 /* reconcile.c: what Kafka holds of the pending messages */
 extern bool kp_reconcile(void);
-extern bool kp_reconcile_found(int64 id, const char *key, size_t key_len,
-							   int32 *partition, int64 *offset);
+struct KpMessage;
+extern bool kp_reconcile_found(struct KpMessage *msg, int32 *partition,
+							   int64 *offset);
 extern void kp_reconcile_done(void);
 
 /* drop_guard.c: DROP EXTENSION keeps undelivered messages */
@@ -271,6 +274,7 @@ typedef struct KpMessage
 	size_t		value_len;
 	rd_kafka_headers_t *headers;	/* ownership passes to the producer */
 	int32		partition;		/* RD_KAFKA_PARTITION_UA to let Kafka choose */
+	TimestampTz enqueued_at;
 } KpMessage;
 
 typedef enum KpSendResult
@@ -407,7 +411,8 @@ extern void kp_outbox_apply_moves(void);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern int64 kp_outbox_send_batch(int64 after_id, int max_messages,
-								  KpReportBuffer *buf, bool *queue_full);
+								  KpReportBuffer *buf, bool *queue_full,
+								  bool *held_back);
 extern void kp_outbox_record(KpReportBuffer *buf);
 extern void kp_outbox_prune(void);
 

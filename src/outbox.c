@@ -450,6 +450,9 @@ source_message(KpScanSource *src, KpMessage *msg)
 	msg->outbox_row.xmin = raw_xmin(slot);
 	/* before the headers, which librdkafka owns once they are made */
 	msg->headers = NULL;
+	msg->enqueued_at = DatumGetTimestampTz(slot->tts_values[src->batched ?
+															BATCH_ENQUEUED_AT :
+															OUTBOX_ENQUEUED_AT]);
 	if (src->batched)
 	{
 		msg->outbox_row.batch_first_id = src->first_id;
@@ -478,7 +481,7 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
 	int64		offset;
 
 	source_message(src, &msg);
-	if (kp_reconcile_found(msg.id, msg.key, msg.key_len, &partition, &offset))
+	if (kp_reconcile_found(&msg, &partition, &offset))
 		return kp_producer_found(&msg, buf, partition, offset);
 	if (kp_registry_enabled())
 	{
@@ -508,7 +511,7 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
  */
 int64
 kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
-					 bool *queue_full)
+					 bool *queue_full, bool *held_back)
 {
 	KpScanSource outbox;
 	KpScanSource batch;
@@ -521,6 +524,7 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 	size_t		bytes = 0;
 
 	*queue_full = false;
+	*held_back = false;
 	max_messages = Min(max_messages, KP_BATCH_MESSAGES);
 	source_open(&outbox, false, after_id);
 	source_open(&batch, true, after_id);
@@ -539,8 +543,8 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 
 			MemoryContextSwitchTo(outer);
 			MemoryContextReset(message_context);
-			if (result == KP_SEND_QUEUE_FULL)
-				*queue_full = true;
+			*queue_full = result == KP_SEND_QUEUE_FULL;
+			*held_back = result == KP_SEND_HELD_BACK;
 			if (result == KP_SEND_QUEUE_FULL || result == KP_SEND_HELD_BACK)
 				break;
 			sent++;
@@ -940,8 +944,13 @@ record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
 	if (delivered < count && waiting_only)
 	{
 		for (int i = 0; i < count; i++)
-			if (by[i] != NULL)
-				by[i]->held = true;
+		{
+			if (by[i] == NULL)
+				continue;
+			by[i]->held = true;
+			kp_recorded_offsets_hold(row->tts_values[BATCH_TOPIC],
+									 by[i]->partition, by[i]->offset);
+		}
 		return;
 	}
 	if (!delete_sent_row(rec->batch, row, rec->delivered->cid))

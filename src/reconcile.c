@@ -26,6 +26,7 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "datatype/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -48,7 +49,11 @@ typedef struct KpFoundRecord
 	int64		id;				/* hash key */
 	int32		partition;
 	int64		offset;
-	uint32		key_hash;
+	uint32		topic_hash;
+	uint32		key_hash;		/* of the whole key */
+	uint32		framed_key_hash;	/* of its Avro body, if in Confluent's
+									 * wire format; else 0 */
+	TimestampTz produced_at;	/* the record's CreateTime */
 } KpFoundRecord;
 
 static HTAB *found = NULL;
@@ -68,6 +73,7 @@ typedef struct KpReconcileScope
 {
 	List	   *topics;			/* char *, topics with pending messages */
 	int64		min_id;			/* lowest pending id */
+	int64		max_id;			/* highest pending id */
 	HTAB	   *marks;			/* "topic/partition" -> recorded offset */
 } KpReconcileScope;
 
@@ -77,21 +83,35 @@ typedef struct KpMarkEntry
 	int64		offset;
 } KpMarkEntry;
 
-/*
- * Avro keys are stored in single-object encoding and may be sent in
- * Confluent's wire format: both sides are compared by their Avro body.
- */
+/* a record's clock may lag the database's by this much */
+#define KP_CLOCK_SLACK_US (1000 * 1000)
+
+/* never 0, which stands for no key */
+static uint32
+bytes_hash(const char *bytes, size_t len)
+{
+	return hash_bytes((const unsigned char *) bytes, (int) len) | 1;
+}
+
 static uint32
 key_hash(const char *key, size_t len)
 {
-	if (key == NULL)
-		return 0;
-	if (len >= 10 && (unsigned char) key[0] == 0xC3 &&
-		(unsigned char) key[1] == 0x01)
-		key += 10, len -= 10;
-	else if (len >= 5 && key[0] == 0)
-		key += 5, len -= 5;
-	return hash_bytes((const unsigned char *) key, (int) len) | 1;
+	return key == NULL ? 0 : bytes_hash(key, len);
+}
+
+/*
+ * Whether a stored key is the record's: the same bytes, or an Avro key
+ * stored in single-object encoding (C3 01, 8-byte fingerprint) that was
+ * sent in Confluent's wire format (0, 4-byte schema id) with the same body.
+ */
+static bool
+same_key(KpFoundRecord *entry, const char *key, size_t len)
+{
+	if (key_hash(key, len) == entry->key_hash)
+		return true;
+	return entry->framed_key_hash != 0 && key != NULL && len >= 10 &&
+		(unsigned char) key[0] == 0xC3 && (unsigned char) key[1] == 0x01 &&
+		bytes_hash(key + 10, len - 10) == entry->framed_key_hash;
 }
 
 static void
@@ -117,24 +137,26 @@ read_scope(KpReconcileScope *scope)
 	int			rc;
 
 	scope->topics = NIL;
-	rc = SPI_execute("SELECT topic, min(id) FROM ("
-					 "  SELECT topic, id FROM kafka.outbox"
-					 "  UNION ALL SELECT topic, first_id FROM kafka.outbox_batch) p "
+	rc = SPI_execute("SELECT topic, min(first_id), max(last_id) FROM ("
+					 "  SELECT topic, id AS first_id, id AS last_id FROM kafka.outbox"
+					 "  UNION ALL SELECT topic, first_id, first_id + cardinality(keys) - 1"
+					 "  FROM kafka.outbox_batch) p "
 					 "GROUP BY topic", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading pending topics failed: %s", SPI_result_code_string(rc));
 	scope->min_id = PG_INT64_MAX;
+	scope->max_id = 0;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		int64		min_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														 SPI_tuptable->tupdesc,
-														 2, &isnull));
 
-		scope->topics = lappend(scope->topics,
-								SPI_getvalue(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1));
-		scope->min_id = Min(scope->min_id, min_id);
+		scope->topics = lappend(scope->topics, SPI_getvalue(tuple, desc, 1));
+		scope->min_id = Min(scope->min_id,
+							DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull)));
+		scope->max_id = Max(scope->max_id,
+							DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull)));
 	}
 
 	ctl.keysize = KP_TOPIC_NAME_MAX + 16;
@@ -176,6 +198,8 @@ new_consumer(void)
 		rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		/* up to the high watermark, past other producers' open transactions */
+		rd_kafka_conf_set(conf, "isolation.level", "read_uncommitted", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		/* what it fetches ahead stays in the worker's memory */
 		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "group.id", "kafka_producer.reconcile", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
@@ -199,6 +223,25 @@ new_consumer(void)
 }
 
 /*
+ * Credentials that may write but not read a topic: reconciliation cannot
+ * help there, and must not stop the sending.
+ */
+static bool
+read_refused(rd_kafka_resp_err_t err, const char *topic)
+{
+	if (err != RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED &&
+		err != RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED &&
+		err != RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED)
+		return false;
+	ereport(WARNING,
+			(errmsg("could not read Kafka topic \"%s\" to reconcile its pending messages: %s",
+					topic, rd_kafka_err2str(err)),
+			 errdetail("Messages that were sent but not recorded before the restart are sent again."),
+			 errhint("Grant the producer's principal READ on the topic.")));
+	return true;
+}
+
+/*
  * Adds to *ranges what must be read of topic's partitions.  Returns false
  * with *error set when Kafka could not say.
  */
@@ -212,16 +255,22 @@ plan_topic(rd_kafka_t *rk, KpReconcileScope *scope, const char *topic,
 
 	err = rd_kafka_metadata(rk, 0, handle, &metadata, KP_METADATA_TIMEOUT_MS);
 	rd_kafka_topic_destroy(handle);
-	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && metadata->topic_cnt == 1)
-		err = metadata->topics[0].err;
-	if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		/* nothing was ever written there */
+		*error = rd_kafka_err2str(err);
+		return false;
+	}
+	err = metadata->topic_cnt == 1 ? metadata->topics[0].err :
+		RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+	/* nothing was ever written there, or nothing we may read */
+	if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || read_refused(err, topic))
+	{
 		rd_kafka_metadata_destroy(metadata);
 		return true;
 	}
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
+		rd_kafka_metadata_destroy(metadata);
 		*error = rd_kafka_err2str(err);
 		return false;
 	}
@@ -269,6 +318,10 @@ note_record(KpReconcileScope *scope, rd_kafka_message_t *msg)
 	int64		id;
 	KpFoundRecord *entry;
 	bool		exists;
+	/* record timestamps count milliseconds since 1970, ours microseconds since 2000 */
+	const int64 unix_epoch_ms =
+		(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+	TimestampTz produced_at;
 
 	if (rd_kafka_message_headers(msg, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 		rd_kafka_header_get_last(headers, kp_id_header, &value, &size) !=
@@ -279,15 +332,22 @@ note_record(KpReconcileScope *scope, rd_kafka_message_t *msg)
 	digits[size] = '\0';
 	errno = 0;
 	id = strtoll(digits, &end, 10);
-	if (errno != 0 || *end != '\0' || id < scope->min_id)
+	if (errno != 0 || *end != '\0' || id < scope->min_id || id > scope->max_id)
 		return;
+	produced_at = (rd_kafka_message_timestamp(msg, NULL) - unix_epoch_ms) * 1000;
 	entry = hash_search(found, &id, HASH_ENTER, &exists);
-	/* the first copy is the one a consumer sees first */
-	if (exists)
+	/* of several records naming the id, the last produced may be ours */
+	if (exists && entry->produced_at > produced_at)
 		return;
+	entry->produced_at = produced_at;
 	entry->partition = msg->partition;
 	entry->offset = msg->offset;
+	entry->topic_hash = bytes_hash(rd_kafka_topic_name(msg->rkt),
+								   strlen(rd_kafka_topic_name(msg->rkt)));
 	entry->key_hash = key_hash(msg->key, msg->key_len);
+	entry->framed_key_hash = msg->key != NULL && msg->key_len >= 5 &&
+		((const char *) msg->key)[0] == 0 ?
+		bytes_hash((const char *) msg->key + 5, msg->key_len - 5) : 0;
 	found_any = true;
 }
 
@@ -335,7 +395,9 @@ read_ranges(rd_kafka_t *rk, KpReconcileScope *scope, List *ranges,
 		if (msg == NULL)
 			continue;
 		if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR &&
-			msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF &&
+			(msg->rkt == NULL ||
+			 !read_refused(msg->err, rd_kafka_topic_name(msg->rkt))))
 		{
 			*error = rd_kafka_err2str(msg->err);
 			rd_kafka_message_destroy(msg);
@@ -347,9 +409,13 @@ read_ranges(rd_kafka_t *rk, KpReconcileScope *scope, List *ranges,
 		{
 			KpReadRange *range = lfirst(lc);
 
-			if (range->end > range->start && range->partition == msg->partition &&
+			/* done at its end, or when it may not be read */
+			if (range->end > range->start && msg->rkt != NULL &&
+				range->partition == msg->partition &&
 				strcmp(range->topic, rd_kafka_topic_name(msg->rkt)) == 0 &&
-				msg->offset + 1 >= range->end)
+				(msg->offset + 1 >= range->end ||
+				 (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+				  msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)))
 			{
 				range->start = range->end;	/* done */
 				unfinished--;
@@ -361,6 +427,32 @@ read_ranges(rd_kafka_t *rk, KpReconcileScope *scope, List *ranges,
 }
 
 /*
+ * Reads with rk what scope needs of Kafka into found; *reads is how many
+ * records that is.  Returns false with *error set when Kafka could not be
+ * read.
+ */
+static bool
+read_scope_from_kafka(rd_kafka_t *rk, KpReconcileScope *scope, long *reads,
+					  const char **error)
+{
+	List	   *ranges = NIL;
+	ListCell   *lc;
+
+	foreach(lc, scope->topics)
+	{
+		if (!plan_topic(rk, scope, lfirst(lc), &ranges, error))
+			return false;
+	}
+	foreach(lc, ranges)
+	{
+		KpReadRange *range = lfirst(lc);
+
+		*reads += range->end - range->start;
+	}
+	return ranges == NIL || read_ranges(rk, scope, ranges, error);
+}
+
+/*
  * Reconciles, in the worker's transaction.  Returns false, having logged
  * why, when Kafka could not be read: nothing may be sent until it can.
  */
@@ -369,10 +461,8 @@ kp_reconcile(void)
 {
 	KpReconcileScope scope;
 	rd_kafka_t *rk;
-	List	   *ranges = NIL;
 	const char *error = NULL;
-	ListCell   *lc;
-	bool		ok = true;
+	volatile bool ok = false;
 	HASHCTL		ctl;
 	TimestampTz started = GetCurrentTimestamp();
 	long		reads = 0;
@@ -395,22 +485,17 @@ kp_reconcile(void)
 	rk = new_consumer();
 	if (rk == NULL)
 		return false;
-	foreach(lc, scope.topics)
+	/* an ERROR (an interrupt) must not leave the consumer's threads behind */
+	PG_TRY();
 	{
-		ok = plan_topic(rk, &scope, lfirst(lc), &ranges, &error);
-		if (!ok)
-			break;
+		ok = read_scope_from_kafka(rk, &scope, &reads, &error);
 	}
-	foreach(lc, ranges)
+	PG_FINALLY();
 	{
-		KpReadRange *range = lfirst(lc);
-
-		reads += range->end - range->start;
+		rd_kafka_consumer_close(rk);
+		rd_kafka_destroy(rk);
 	}
-	if (ok && ranges != NIL)
-		ok = read_ranges(rk, &scope, ranges, &error);
-	rd_kafka_consumer_close(rk);
-	rd_kafka_destroy(rk);
+	PG_END_TRY();
 	if (!ok)
 	{
 		forget_found();
@@ -428,23 +513,31 @@ kp_reconcile(void)
 }
 
 /*
- * Whether message id with key was found in Kafka by the last
- * reconciliation; if so, where, and it is forgotten.
+ * Whether msg was found in Kafka by the last reconciliation; if so, where,
+ * and it is forgotten.  A record is msg only if it names msg's id, and has
+ * its topic, key and partition (when msg names one), and was produced
+ * after msg was enqueued: a record of an earlier id space (the extension
+ * dropped and created again, a standby promoted without the last commits)
+ * was produced before.
  */
 bool
-kp_reconcile_found(int64 id, const char *key, size_t key_len,
-				   int32 *partition, int64 *offset)
+kp_reconcile_found(KpMessage *msg, int32 *partition, int64 *offset)
 {
 	KpFoundRecord *entry;
 
 	if (!found_any)
 		return false;
-	entry = hash_search(found, &id, HASH_FIND, NULL);
-	if (entry == NULL || entry->key_hash != key_hash(key, key_len))
+	entry = hash_search(found, &msg->id, HASH_FIND, NULL);
+	if (entry == NULL ||
+		entry->topic_hash != bytes_hash(msg->topic, strlen(msg->topic)) ||
+		!same_key(entry, msg->key, msg->key_len) ||
+		(msg->partition != RD_KAFKA_PARTITION_UA &&
+		 msg->partition != entry->partition) ||
+		entry->produced_at + KP_CLOCK_SLACK_US < msg->enqueued_at)
 		return false;
 	*partition = entry->partition;
 	*offset = entry->offset;
-	hash_search(found, &id, HASH_REMOVE, NULL);
+	hash_search(found, &msg->id, HASH_REMOVE, NULL);
 	return true;
 }
 

@@ -25,13 +25,19 @@
 
 #include "kafka_producer.h"
 
-/* a partition's highest offset among the deliveries being recorded */
+/*
+ * A partition's highest offset among the deliveries being recorded, and
+ * its lowest among those delivered but held back (their batch row waits
+ * for others): the mark saved stays below the latter, so that after a
+ * crash reconciliation reads them too.
+ */
 typedef struct KpOffsetMark
 {
 	Datum		topic;			/* text, copied into the recording step's
 								 * transaction */
 	int32		partition;
-	int64		offset;
+	int64		offset;			/* -1: none recorded */
+	int64		lowest_held;	/* PG_INT64_MAX: none held */
 } KpOffsetMark;
 
 static KpOffsetMark *marks = NULL;
@@ -50,14 +56,14 @@ kp_recorded_offsets_present(void)
 }
 
 /*
- * Notes a delivery at offset of partition of topic.  The partitions of a
- * step are few: a linear search, partition first, is cheapest.
+ * The mark of partition of topic, made if new.  The partitions of a step
+ * are few: a linear search, partition first, is cheapest.
  */
-void
-kp_recorded_offsets_note(Datum topic, int32 partition, int64 offset)
+static KpOffsetMark *
+mark_of(Datum topic, int32 partition)
 {
-	if (offset < 0)
-		return;					/* acks=0: Kafka gave no offset */
+	KpOffsetMark *mark;
+
 	for (int i = 0; i < mark_count; i++)
 	{
 		/* the last one found first: reports come in runs of a partition */
@@ -66,9 +72,8 @@ kp_recorded_offsets_note(Datum topic, int32 partition, int64 offset)
 		if (marks[k].partition == partition &&
 			datum_image_eq(marks[k].topic, topic, false, -1))
 		{
-			marks[k].offset = Max(marks[k].offset, offset);
 			last_found = k;
-			return;
+			return &marks[k];
 		}
 	}
 	if (mark_count == mark_capacity)
@@ -78,10 +83,36 @@ kp_recorded_offsets_note(Datum topic, int32 partition, int64 offset)
 			MemoryContextAlloc(TopMemoryContext, mark_capacity * sizeof(KpOffsetMark)) :
 			repalloc(marks, mark_capacity * sizeof(KpOffsetMark));
 	}
-	marks[mark_count].topic = PointerGetDatum(PG_DETOAST_DATUM_COPY(topic));
-	marks[mark_count].partition = partition;
-	marks[mark_count].offset = offset;
-	mark_count++;
+	mark = &marks[mark_count++];
+	mark->topic = PointerGetDatum(PG_DETOAST_DATUM_COPY(topic));
+	mark->partition = partition;
+	mark->offset = -1;
+	mark->lowest_held = PG_INT64_MAX;
+	return mark;
+}
+
+/* Notes a delivery recorded at offset of partition of topic. */
+void
+kp_recorded_offsets_note(Datum topic, int32 partition, int64 offset)
+{
+	KpOffsetMark *mark;
+
+	if (offset < 0)
+		return;					/* acks=0: Kafka gave no offset */
+	mark = mark_of(topic, partition);
+	mark->offset = Max(mark->offset, offset);
+}
+
+/* Notes a delivery at offset that is not recorded yet. */
+void
+kp_recorded_offsets_hold(Datum topic, int32 partition, int64 offset)
+{
+	KpOffsetMark *mark;
+
+	if (offset < 0)
+		return;
+	mark = mark_of(topic, partition);
+	mark->lowest_held = Min(mark->lowest_held, offset);
 }
 
 /* Drops the notes of an earlier step that failed: their topics are gone. */
@@ -101,6 +132,7 @@ kp_recorded_offsets_save(void)
 	Datum	   *topics;
 	Datum	   *partitions;
 	Datum	   *offsets;
+	int			n = 0;
 	int			rc;
 
 	if (mark_count == 0)
@@ -115,18 +147,25 @@ kp_recorded_offsets_save(void)
 	offsets = palloc(mark_count * sizeof(Datum));
 	for (int i = 0; i < mark_count; i++)
 	{
-		topics[i] = marks[i].topic;
-		partitions[i] = Int32GetDatum(marks[i].partition);
-		offsets[i] = Int64GetDatum(marks[i].offset);
+		int64		offset = Min(marks[i].offset, marks[i].lowest_held - 1);
+
+		if (offset < 0)
+			continue;
+		topics[n] = marks[i].topic;
+		partitions[n] = Int32GetDatum(marks[i].partition);
+		offsets[n] = Int64GetDatum(offset);
+		n++;
 	}
-	args[0] = PointerGetDatum(construct_array(topics, mark_count, TEXTOID,
+	kp_recorded_offsets_forget();
+	if (n == 0)
+		return;
+	args[0] = PointerGetDatum(construct_array(topics, n, TEXTOID,
 											  -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(partitions, mark_count, INT4OID,
+	args[1] = PointerGetDatum(construct_array(partitions, n, INT4OID,
 											  sizeof(int32), true, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(offsets, mark_count, INT8OID,
+	args[2] = PointerGetDatum(construct_array(offsets, n, INT8OID,
 											  sizeof(int64), FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
-	kp_recorded_offsets_forget();
 	if (save_plan == NULL)
 	{
 		save_plan = SPI_prepare("INSERT INTO kafka.recorded_offsets AS r "

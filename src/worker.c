@@ -63,6 +63,8 @@ static KpReportBuffer held;		/* deliveries whose batch row is not done */
 static int64 scan_after = 0;	/* next scan reads ids above this */
 static bool rewinding = false;	/* resend pending: drain, then rescan */
 static bool queue_full = false;
+static bool held_back = false;	/* the last scan stopped at a message that
+								 * must wait (schema registry) */
 static TimestampTz last_prune = 0;
 static char *producer_fingerprint = NULL;
 static WaitEventSet *wait_set = NULL;
@@ -390,7 +392,7 @@ send_step(void)
 	if (extension_present)
 		send_last = kp_outbox_send_batch(send_from,
 										 KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
-										 &reports, &queue_full);
+										 &reports, &queue_full, &held_back);
 	end_transaction();
 }
 
@@ -454,7 +456,9 @@ send_pending(void)
 	{
 		empty_scan_from = send_from;
 		empty_scan_at = GetCurrentTimestamp();
-		kp_reconcile_done();
+		/* found records wait for their messages behind a held one */
+		if (!held_back)
+			kp_reconcile_done();
 	}
 	return send_last != send_from && !queue_full;
 }

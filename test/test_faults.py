@@ -348,30 +348,43 @@ def test_reconcile_finds_what_another_producer_wrote(pg, kafka, settings):
     """30,000 pending messages whose records are already in Kafka, written
     with their ids and keys while the worker could not reach the brokers:
     once it can, it records them as delivered where they are and sends
-    none again.  Ten records that carry a pending id but another key are
-    not taken for ours: those messages are sent."""
+    none again.  Records that name a pending id but carry another key, or
+    were produced before the message was enqueued (an earlier id space),
+    are not taken for ours: those messages are sent."""
     topic = "fault_reconcile"
     n = 30000
     before = reconciled_count(pg)
     settings(bootstrap_servers="127.0.0.1:9")
     wait_until(lambda: pg.scalar("SHOW kafka.bootstrap_servers") == "127.0.0.1:9", 10,
                what="the reload")
-    first = pg.scalar("SELECT min(id) FROM (SELECT kafka_send(%s, json_build_object('n', i)::text, "
-                      "key => (i %% 100)::text) AS id FROM generate_series(1, %s) i) s",
-                      (topic, n))
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap.split(","),
                              api_version=(2, 5, 0), linger_ms=5)
-    for i in range(1, n + 1):
-        key = str(i % 100) if i > 10 else "someone else's"
+
+    def write(i, message_id, key):
         producer.send(topic, value=json.dumps({"n": i}).encode(), key=key.encode(),
-                      headers=[("kafka_producer.id", str(first + i - 1).encode())])
+                      headers=[("kafka_producer.id", str(message_id).encode())])
+
+    # records of the ids messages 11-20 will get, written before they exist
+    first = pg.scalar("SELECT last_value + is_called::int FROM kafka.message_id_seq")
+    for i in range(11, 21):
+        write(i, first + i - 1, str(i % 100))
+    producer.flush()
+    time.sleep(1.5)
+    assert first == pg.scalar(
+        "SELECT min(id) FROM (SELECT kafka_send(%s, json_build_object('n', i)::text, "
+        "key => (i %% 100)::text) AS id FROM generate_series(1, %s) i) s", (topic, n))
+    for i in range(1, n + 1):
+        if not 11 <= i <= 20:
+            write(i, first + i - 1, str(i % 100) if i > 10 else "someone else's")
     producer.flush()
     producer.close()
     settings(bootstrap_servers=None)
     pg.wait_until_final(topic, timeout=120)
     print(reconcile_report(pg))
-    assert reconciled_count(pg) - before == n - 10
+    assert reconciled_count(pg) - before == n - 20
     records = consume_all(kafka.bootstrap, topic)
-    assert len(records) == n + 10
-    # the ten with another key were sent by the worker, after the rest
+    # the twenty not found were sent by the worker
+    assert len(records) == n + 20
     assert sum(1 for r in records if r.key == b"someone else's") == 10
+    numbers = [json.loads(r.value)["n"] for r in records]
+    assert all(numbers.count(i) == 2 for i in range(11, 21))
