@@ -41,6 +41,8 @@
 
 #define KP_REGISTRY_CONNECT_TIMEOUT_MS 2000
 #define KP_REGISTRY_TIMEOUT_MS 10000
+/* a registry's answer is a small JSON object; one past this is not */
+#define KP_REGISTRY_MAX_ANSWER (1024 * 1024)
 /* how long an unreachable registry is left alone before the next attempt */
 #define KP_REGISTRY_RETRY_MS 1000
 /* how long a refusal stands before the registry is asked again */
@@ -120,11 +122,38 @@ reset_for_url(void)
 	registry_down = false;
 }
 
+/*
+ * libcurl's write callback.  No ERROR may escape into libcurl, so the body
+ * grows without palloc's out-of-memory ERROR, up to a size no registry
+ * answer reaches; returning less than given aborts the transfer, which
+ * then counts as the registry out of reach.
+ */
 static size_t
 append_to_body(char *data, size_t size, size_t count, void *arg)
 {
-	appendBinaryStringInfo((StringInfo) arg, data, size * count);
-	return size * count;
+	StringInfo	body = (StringInfo) arg;
+	size_t		n = size * count;
+
+	if (n > (size_t) (KP_REGISTRY_MAX_ANSWER - body->len))
+		return 0;
+	if (body->len + n + 1 > (size_t) body->maxlen)
+	{
+		int			capacity = Min(KP_REGISTRY_MAX_ANSWER + 1,
+								   Max(body->maxlen * 2, body->len + (int) n + 1));
+		char	   *grown = MemoryContextAllocExtended(GetMemoryChunkContext(body->data),
+													   capacity, MCXT_ALLOC_NO_OOM);
+
+		if (grown == NULL)
+			return 0;
+		memcpy(grown, body->data, body->len + 1);
+		pfree(body->data);
+		body->data = grown;
+		body->maxlen = capacity;
+	}
+	memcpy(body->data + body->len, data, n);
+	body->len += n;
+	body->data[body->len] = '\0';
+	return n;
 }
 
 /* libcurl's progress callback: a worker asked to stop does not wait for the registry */

@@ -88,9 +88,11 @@ class SchemaRegistry:
                 except OSError:
                     pass
 
-    def fail_next(self, count, status=500):
+    def fail_next(self, count, status=500, padding=0):
+        """The next count requests get status, with padding bytes more in
+        the error message."""
         with self.lock:
-            self.failures.extend([status] * count)
+            self.failures.extend([(status, padding)] * count)
 
     def set_compatibility(self, level, subject=None):
         with self.lock:
@@ -129,8 +131,9 @@ class SchemaRegistry:
     def answer(self, method, path, body):
         with self.lock:
             if self.failures:
-                status = self.failures.pop(0)
-                return status, {"error_code": status * 100, "message": "failing as told"}
+                status, padding = self.failures.pop(0)
+                return status, {"error_code": status * 100,
+                                "message": "failing as told" + "!" * padding}
         routes = [
             ("POST", r"/subjects/([^/]+)/versions", self.register),
             ("GET", r"/schemas/ids/(\d+)", self.get_schema),

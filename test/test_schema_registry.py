@@ -182,6 +182,15 @@ def test_unreachable_registry_holds_messages_back(pg, kafka, registered):
     assert records[-1].value == b"plain, after"
 
 
+def test_oversized_answer_is_not_read(pg, kafka, registered):
+    """An answer larger than any registry's (2 MB) is not read to its end:
+    the registry counts as out of reach, and the message waits for it."""
+    registered.fail_next(1, status=503, padding=2 * 1024 * 1024)
+    pg.query("SELECT kafka_send_avro('registry_oversized', 7::bigint)")
+    assert pg.wait_until_final("registry_oversized", timeout=60) == {"delivered": 1}
+    assert "Failure writing output" in pg.log_text()
+
+
 def last_error(pg):
     return pg.scalar("SELECT kafka_stats()")["kafka_producer"]["last_error"] or ""
 
