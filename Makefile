@@ -9,6 +9,7 @@ OBJS = \
 	src/recorded_offsets.o \
 	src/reconcile.o \
 	src/drop_guard.o \
+	src/publish_admin.o \
 	src/enqueue.o \
 	src/worker.o \
 	src/producer.o \

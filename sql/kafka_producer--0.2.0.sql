@@ -484,14 +484,16 @@ CREATE FUNCTION kafka.check_topic_name(topic text) RETURNS void
  * Publishes the changes of a table to Kafka: attaches the extension's
  * trigger, or updates the options of a table already published.
  */
-CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
-							  format text DEFAULT 'json',
-							  key_columns text[] DEFAULT NULL,
-							  columns text[] DEFAULT NULL,
-							  snapshot boolean DEFAULT false,
-							  "where" text DEFAULT NULL,
-							  tombstones boolean DEFAULT true,
-							  time_format text DEFAULT 'iso')
+/*
+ * The work of kafka_publish(), which has checked that its caller owns tbl,
+ * done as the extension's owner.  The row filter becomes a function of the
+ * table's owner, SECURITY DEFINER with a fixed search_path: it runs with
+ * the owner's rights, never the writer's nor the publisher's.
+ */
+CREATE FUNCTION kafka.publish_as_owner(tbl regclass, topic text, format text,
+									   key_columns text[], columns text[],
+									   snapshot boolean, "where" text,
+									   tombstones boolean, time_format text)
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
@@ -566,9 +568,12 @@ BEGIN
 	EXECUTE format('DROP FUNCTION IF EXISTS %s(anyelement)', filter_name);
 	IF "where" IS NOT NULL THEN
 		EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
-					   'AS %L', filter_name,
+					   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', filter_name,
 					   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', "where"));
 		filter_function := format('%s(anyelement)', filter_name)::regprocedure;
+		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', filter_function::regprocedure);
+		EXECUTE format('ALTER FUNCTION %s OWNER TO %s', filter_function::regprocedure,
+					   (SELECT relowner::regrole FROM pg_class WHERE oid = tbl));
 		/* checks the condition now rather than at the first change */
 		EXECUTE format('SELECT %s(NULL::%s)', filter_name, tbl);
 	END IF;
@@ -597,10 +602,23 @@ BEGIN
 END
 $$;
 
+/* Checks that the caller owns tbl, then kafka.publish_as_owner(). */
+CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
+							  format text DEFAULT 'json',
+							  key_columns text[] DEFAULT NULL,
+							  columns text[] DEFAULT NULL,
+							  snapshot boolean DEFAULT false,
+							  "where" text DEFAULT NULL,
+							  tombstones boolean DEFAULT true,
+							  time_format text DEFAULT 'iso')
+	RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish';
+
 COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) IS
 	'publish a table''s changes to Kafka as Debezium-style events';
 
-CREATE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
+/* The work of kafka_unpublish(), done as the extension's owner. */
+CREATE FUNCTION kafka.unpublish_as_owner(tbl regclass) RETURNS void
 	LANGUAGE plpgsql STRICT
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
 AS $$
@@ -616,6 +634,10 @@ BEGIN
 	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
 END
 $$;
+
+/* Checks that the caller owns tbl, then kafka.unpublish_as_owner(). */
+CREATE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_unpublish';
 
 COMMENT ON FUNCTION kafka_unpublish(regclass) IS 'stop publishing a table''s changes';
 
@@ -651,6 +673,8 @@ REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_publication(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
 
 /*
  * Per partition, the highest offset at which the worker has recorded a

@@ -26,6 +26,61 @@ RESET ROLE;
 REVOKE CREATE ON SCHEMA public FROM kafka_nobody;
 DROP ROLE kafka_nobody;
 
+-- Publishing is delegated as ALTER TABLE is: a table's owner granted
+-- EXECUTE publishes its own tables, with no right on kafka.*, and no other
+CREATE ROLE kafka_owner;
+CREATE ROLE kafka_writer;
+GRANT CREATE ON SCHEMA public TO kafka_owner;
+GRANT EXECUTE ON FUNCTION
+	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text),
+	kafka_unpublish(regclass) TO kafka_owner;
+CREATE TABLE not_theirs (id int PRIMARY KEY);
+SET ROLE kafka_owner;
+CREATE TABLE theirs (id int PRIMARY KEY, status varchar);
+SELECT kafka_publish('theirs', "where" => $$status <> 'draft'$$);
+SELECT kafka_publish('not_theirs');
+SELECT kafka_unpublish('not_theirs');
+GRANT INSERT ON theirs TO kafka_writer;
+RESET ROLE;
+SELECT "table", topic, row_filter FROM kafka.publications WHERE "table" = 'theirs'::regclass;
+
+-- The filter runs as the table's owner with a fixed search_path: an
+-- operator planted in a writer's search_path is never called
+CREATE TABLE spied (who name);
+GRANT INSERT, SELECT ON spied TO PUBLIC;
+CREATE FUNCTION public.spy_ne(varchar, varchar) RETURNS boolean LANGUAGE sql
+	AS $$ INSERT INTO public.spied VALUES (current_user); SELECT $1::text <> $2::text $$;
+CREATE OPERATOR public.<> (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.spy_ne);
+-- (published again as superuser: so the filter is there even where
+-- delegation failed)
+SELECT kafka_publish('theirs', "where" => $$status <> 'draft'$$);
+SET ROLE kafka_writer;
+SET search_path = public, pg_catalog;
+INSERT INTO theirs VALUES (1, 'paid'), (2, 'draft');
+RESET search_path;
+RESET ROLE;
+SELECT count(*) AS spied FROM spied;
+SELECT count(*) AS published FROM kafka.messages WHERE topic = 'public.theirs';
+
+-- A superuser publishing another's table runs its filter as that owner
+CREATE FUNCTION public.whoami() RETURNS name LANGUAGE sql
+	AS $$ INSERT INTO public.spied VALUES (current_user) RETURNING who $$;
+SELECT kafka_publish('theirs', "where" => 'public.whoami() IS NOT NULL');
+SELECT who = 'kafka_owner' AS ran_as_table_owner FROM spied;
+
+SET ROLE kafka_owner;
+SELECT kafka_unpublish('theirs');
+DROP TABLE theirs;
+RESET ROLE;
+DROP TABLE not_theirs, spied;
+DROP OPERATOR public.<> (varchar, varchar);
+DROP FUNCTION public.spy_ne(varchar, varchar), public.whoami();
+REVOKE ALL ON FUNCTION
+	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text),
+	kafka_unpublish(regclass) FROM kafka_owner;
+REVOKE CREATE ON SCHEMA public FROM kafka_owner;
+DROP ROLE kafka_owner, kafka_writer;
+
 -- Every object of the extension, its ACL (the owner shown as "owner";
 -- NULL: the default) and whether PUBLIC may use it: a new object, or a
 -- privilege granted to PUBLIC, shows here

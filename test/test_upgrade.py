@@ -44,7 +44,7 @@ def test_update_from_0_1_0_keeps_and_delivers_everything(old_pg, kafka):
     failed = pg.scalar("SELECT kafka_send('upgrade', 'refused', key => 'f')")
     wait_until(lambda: statuses(pg, "upgrade")[failed] == "failed", 60, what="the failure")
     pg.query("CREATE TABLE upgrade_orders (id int PRIMARY KEY, state text)")
-    pg.query("SELECT kafka_publish('upgrade_orders')")
+    pg.query("SELECT kafka_publish('upgrade_orders', \"where\" => $$state <> 'draft'$$)")
     pg.query("INSERT INTO upgrade_orders VALUES (1, 'new')")
     pg.wait_until_final("public.upgrade_orders")
     before = statuses(pg, "upgrade")
@@ -57,6 +57,11 @@ def test_update_from_0_1_0_keeps_and_delivers_everything(old_pg, kafka):
         pg.query("ALTER EXTENSION kafka_producer UPDATE")
         assert pg.scalar("SELECT extversion FROM pg_extension "
                          "WHERE extname = 'kafka_producer'") == "0.2.0"
+        # the row filter now runs as the table's owner, with a fixed search_path
+        assert pg.query("SELECT f.prosecdef, f.proconfig, f.proowner = c.relowner "
+                        "FROM kafka.publication p JOIN pg_proc f ON f.oid = p.row_filter_function "
+                        "JOIN pg_class c ON c.oid = p.relid") == \
+            [(True, ["search_path=pg_catalog, pg_temp"], True)]
         # the offsets 0.1.0 recorded are where a reconciliation starts
         assert pg.scalar("SELECT count(*) FROM kafka.recorded_offsets "
                          "WHERE topic = 'upgrade'") > 0

@@ -1,0 +1,106 @@
+/*-------------------------------------------------------------------------
+ *
+ * publish_admin.c
+ *	  kafka_publish() and kafka_unpublish(): who may publish which table.
+ *
+ *	  Publishing is a change to a table, as ALTER TABLE is: its owner (or a
+ *	  member of the owning role, or a superuser) may do it, given EXECUTE
+ *	  on the function, and nobody else; nobody needs rights on kafka.*.
+ *	  These entry points check ownership as the caller, then do the work
+ *	  (kafka.publish_as_owner, kafka.unpublish_as_owner) as the owner of
+ *	  the extension's schema.  The work never runs the caller's code: the
+ *	  row filter is a function owned by the table's owner, SECURITY DEFINER
+ *	  with a fixed search_path, so it runs with the table owner's rights
+ *	  whoever publishes or writes the table.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+#include "kafka_producer.h"
+
+PG_FUNCTION_INFO_V1(kafka_publish);
+PG_FUNCTION_INFO_V1(kafka_unpublish);
+
+/* ERROR unless the current user may alter table relid. */
+static void
+check_table_owner(Oid relid)
+{
+	char		relkind = get_rel_relkind(relid);
+
+	if (relkind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(relkind),
+					   get_rel_name(relid));
+}
+
+/*
+ * Runs query with fcinfo's arguments, of types argtypes, as the owner of
+ * kafka.*.
+ */
+static void
+run_as_owner(const char *query, FunctionCallInfo fcinfo, Oid *argtypes)
+{
+	int			nargs = PG_NARGS();
+	Datum		values[FUNC_MAX_ARGS];
+	char		nulls[FUNC_MAX_ARGS];
+	KpSavedUser saved;
+
+	for (int i = 0; i < nargs; i++)
+	{
+		values[i] = PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	kp_begin_as_owner(&saved);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(query, nargs, argtypes, values, nulls, false, 0) !=
+		SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", query);
+	SPI_finish();
+	kp_end_as_owner(&saved);
+}
+
+/*
+ * kafka_publish(tbl regclass, topic text, format text, key_columns text[],
+ *				 columns text[], snapshot boolean, "where" text,
+ *				 tombstones boolean, time_format text) returns void
+ */
+Datum
+kafka_publish(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[] = {REGCLASSOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+	TEXTARRAYOID, BOOLOID, TEXTOID, BOOLOID, TEXTOID};
+
+	Assert(PG_NARGS() == lengthof(argtypes));
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table must not be null")));
+	check_table_owner(PG_GETARG_OID(0));
+	run_as_owner("SELECT kafka.publish_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+				 fcinfo, argtypes);
+	PG_RETURN_VOID();
+}
+
+/* kafka_unpublish(tbl regclass) returns void */
+Datum
+kafka_unpublish(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[] = {REGCLASSOID};
+
+	check_table_owner(PG_GETARG_OID(0));
+	run_as_owner("SELECT kafka.unpublish_as_owner($1)", fcinfo, argtypes);
+	PG_RETURN_VOID();
+}
