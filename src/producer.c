@@ -491,9 +491,10 @@ kp_kafka_forget_topics(HTAB **topics)
 }
 
 /*
- * Adds the message id header (kafka.id_header) to headers, made if NULL;
- * returns NULL when there is none to send.  Added last, so that of two
- * headers of that name a consumer that reads the last gets ours.
+ * Adds the message id header (kafka.id_header) to headers, made if NULL,
+ * and returns them; with kafka.id_header empty, returns headers as given.
+ * Added last, so that of two headers of that name a consumer that reads
+ * the last gets ours.
  */
 rd_kafka_headers_t *
 kp_kafka_id_header(rd_kafka_headers_t *headers, int64 id)

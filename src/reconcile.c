@@ -57,6 +57,8 @@ typedef struct KpFoundRecord
 } KpFoundRecord;
 
 static HTAB *found = NULL;
+static bool failing = false;	/* the last reconciliation could not read
+								 * Kafka */
 static MemoryContext found_context = NULL;
 static bool found_any = false;
 
@@ -499,11 +501,14 @@ kp_reconcile(void)
 	if (!ok)
 	{
 		forget_found();
-		ereport(LOG,
+		/* once per outage: the worker tries again every second */
+		ereport(failing ? DEBUG1 : LOG,
 				(errmsg("could not reconcile pending messages with Kafka: %s", error),
 				 errdetail("No message is sent until Kafka can be read; the worker tries again.")));
+		failing = true;
 		return false;
 	}
+	failing = false;
 	ereport(found_any ? LOG : DEBUG1,
 			(errmsg("reconciled pending messages with Kafka: %ld records read in %ld ms, %ld of them name ids that may be pending",
 					reads,
