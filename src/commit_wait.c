@@ -30,6 +30,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "kafka_producer.h"
@@ -55,20 +56,17 @@ typedef struct KpCommitWaiters
 
 static KpCommitWaiters *waiters = NULL;
 
-Size
-kp_commit_wait_shmem_size(void)
+static Size
+shmem_size(void)
 {
 	return add_size(offsetof(KpCommitWaiters, slots),
 					mul_size(MaxBackends, sizeof(KpCommitWaiter)));
 }
 
-void
-kp_commit_wait_shmem_init(void)
+static void
+shmem_attach(void *memory, bool found)
 {
-	bool		found;
-
-	waiters = ShmemInitStruct("kafka_producer commit waiters",
-							  kp_commit_wait_shmem_size(), &found);
+	waiters = memory;
 	if (found)
 		return;
 	pg_atomic_init_u32(&waiters->registered, 0);
@@ -77,6 +75,17 @@ kp_commit_wait_shmem_init(void)
 		SpinLockInit(&waiters->slots[i].mutex);
 		waiters->slots[i].waiting = false;
 	}
+}
+
+void
+kp_commit_wait_init(void)
+{
+	DefineCustomBoolVariable("kafka.wait_on_commit",
+							 "COMMIT returns only once Kafka has acknowledged the transaction's messages.",
+							 "A failure or a wait longer than kafka.message_timeout_ms is reported with a WARNING: the transaction is committed already.",
+							 &kp_wait_on_commit, false,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	kp_shmem_add("kafka_producer commit waiters", shmem_size, shmem_attach);
 }
 
 static void

@@ -27,9 +27,6 @@
 
 #include "miscadmin.h"
 #include "storage/backendid.h"
-#include "storage/ipc.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/snapmgr.h"
 
@@ -44,52 +41,31 @@ typedef struct KpCommittingSlot
 
 static KpCommittingSlot *slots = NULL;
 
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 static Size
-slots_size(void)
+shmem_size(void)
 {
 	return mul_size(MaxBackends, sizeof(KpCommittingSlot));
 }
 
 static void
-committing_shmem_request(void)
+shmem_attach(void *memory, bool found)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(slots_size()));
-}
-
-static void
-committing_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	slots = ShmemInitStruct("kafka_producer committing transactions",
-							slots_size(), &found);
-	if (!found)
+	slots = memory;
+	if (found)
+		return;
+	for (int i = 0; i < MaxBackends; i++)
 	{
-		for (int i = 0; i < MaxBackends; i++)
-		{
-			SpinLockInit(&slots[i].mutex);
-			slots[i].xid = InvalidTransactionId;
-			slots[i].first_id = 0;
-		}
+		SpinLockInit(&slots[i].mutex);
+		slots[i].xid = InvalidTransactionId;
+		slots[i].first_id = 0;
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 void
 kp_committing_init(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = committing_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = committing_shmem_startup;
+	kp_shmem_add("kafka_producer committing transactions", shmem_size,
+				 shmem_attach);
 }
 
 /*

@@ -173,25 +173,6 @@ rdkafka_accepts(const char *setting, const char *property, const char *value)
 	return false;
 }
 
-/* an http or https URL, kept without a trailing slash */
-static bool
-check_schema_registry_url(char **newval, void **extra, GucSource source)
-{
-	size_t		len;
-
-	if (*newval == NULL || **newval == '\0')
-		return true;
-	if (strncmp(*newval, "http://", 7) != 0 && strncmp(*newval, "https://", 8) != 0)
-	{
-		GUC_check_errdetail("The schema registry URL must start with http:// or https://.");
-		return false;
-	}
-	len = strlen(*newval);
-	while (len > 0 && (*newval)[len - 1] == '/')
-		(*newval)[--len] = '\0';
-	return true;
-}
-
 /*
  * Checks properties given through setting: none that has a setting of its
  * own, and each accepted by librdkafka.
@@ -540,11 +521,6 @@ kp_guc_init(void)
 							   &kp_producer_properties_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_producer_properties_file, NULL, NULL);
-	DefineCustomBoolVariable("kafka.wait_on_commit",
-							 "COMMIT returns only once Kafka has acknowledged the transaction's messages.",
-							 "A failure or a wait longer than kafka.message_timeout_ms is reported with a WARNING: the transaction is committed already.",
-							 &kp_wait_on_commit, false,
-							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("kafka.database",
 							   "Database whose messages the worker delivers.",
 							   NULL, &kp_database, "postgres",
@@ -564,18 +540,6 @@ kp_guc_init(void)
 							   "Consumers dedupe by it, and a restarted worker finds by it what Kafka already holds before sending again.",
 							   &kp_id_header, "kafka_producer.id",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-
-	DefineCustomStringVariable("kafka.schema_registry_url",
-							   "Confluent Schema Registry that Avro messages' schemas are registered with.",
-							   "When set, Avro messages are sent in Confluent's wire format (magic byte 0, 4-byte schema id); when empty, in Avro single-object encoding.",
-							   &kp_schema_registry_url, "",
-							   PGC_SIGHUP, 0, check_schema_registry_url, NULL, NULL);
-	DefineCustomStringVariable("kafka.schema_registry_user_info",
-							   "Basic authentication for the schema registry, as user:password.",
-							   "Visible to superusers only.",
-							   &kp_schema_registry_user_info, "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kafka");
 }

@@ -27,9 +27,13 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
+	/* the modules' own settings, before kp_guc_init reserves the prefix */
 	kp_drop_guard_init();
+	kp_commit_wait_init();
+	kp_schema_registry_init();
 	kp_guc_init();
 	kp_shmem_init();
 	kp_committing_init();
+	kp_sync_init();
 	kp_worker_register();
 }

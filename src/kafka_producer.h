@@ -39,7 +39,6 @@ extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
 extern char *kp_id_header;
 
-extern bool kp_wait_on_commit;
 
 extern void kp_guc_init(void);
 extern int	kp_guc_message_timeout_ms(void);
@@ -95,6 +94,8 @@ typedef struct KpSharedState
 } KpSharedState;
 
 extern void kp_shmem_init(void);
+extern void kp_shmem_add(const char *name, Size (*size) (void),
+						 void (*attach) (void *memory, bool found));
 extern void kp_shmem_check_preloaded(void);
 extern void kp_shmem_request_rescan(int64 first_id);
 extern struct LWLock *kp_shmem_id_block_lock(void);
@@ -140,15 +141,14 @@ extern void kp_reconcile_done(void);
 extern void kp_drop_guard_init(void);
 
 /* commit_wait.c: kafka.wait_on_commit */
-extern Size kp_commit_wait_shmem_size(void);
-extern void kp_commit_wait_shmem_init(void);
+extern bool kp_wait_on_commit;
+extern void kp_commit_wait_init(void);
 extern void kp_commit_wait(int64 first_id, int64 last_id);
 extern bool kp_commit_wait_pending(void);
 extern void kp_commit_wait_answer(void);
 
 /* sync_send.c: kafka_send_sync() */
-extern Size kp_sync_shmem_size(void);
-extern void kp_sync_shmem_init(void);
+extern void kp_sync_init(void);
 extern bool kp_sync_requested(void);
 extern void kp_sync_send_requested(void);
 extern void kp_sync_poll(void);
@@ -170,6 +170,7 @@ typedef enum KpRegistryResult
 
 extern char *kp_schema_registry_url;
 extern char *kp_schema_registry_user_info;
+extern void kp_schema_registry_init(void);
 extern bool kp_registry_enabled(void);
 extern KpRegistryResult kp_registry_frame(const char *topic, bool is_key,
 										  const char **data, size_t *len,

@@ -30,6 +30,7 @@
 #include "mb/pg_wchar.h"
 #include "postmaster/interrupt.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -84,6 +85,41 @@ typedef struct KpRegistryAnswer
 
 char	   *kp_schema_registry_url = NULL;
 char	   *kp_schema_registry_user_info = NULL;
+
+/* an http or https URL, kept without a trailing slash */
+static bool
+check_schema_registry_url(char **newval, void **extra, GucSource source)
+{
+	size_t		len;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (strncmp(*newval, "http://", 7) != 0 && strncmp(*newval, "https://", 8) != 0)
+	{
+		GUC_check_errdetail("The schema registry URL must start with http:// or https://.");
+		return false;
+	}
+	len = strlen(*newval);
+	while (len > 0 && (*newval)[len - 1] == '/')
+		(*newval)[--len] = '\0';
+	return true;
+}
+
+void
+kp_schema_registry_init(void)
+{
+	DefineCustomStringVariable("kafka.schema_registry_url",
+							   "Confluent Schema Registry that Avro messages' schemas are registered with.",
+							   "When set, Avro messages are sent in Confluent's wire format (magic byte 0, 4-byte schema id); when empty, in Avro single-object encoding.",
+							   &kp_schema_registry_url, "",
+							   PGC_SIGHUP, 0, check_schema_registry_url, NULL, NULL);
+	DefineCustomStringVariable("kafka.schema_registry_user_info",
+							   "Basic authentication for the schema registry, as user:password.",
+							   "Shown only to superusers and members of pg_read_all_settings.",
+							   &kp_schema_registry_user_info, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+}
 
 static CURL *curl = NULL;
 /* holds schemas and its refusals; reset when the registry changes */

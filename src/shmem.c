@@ -26,6 +26,21 @@
 static KpSharedState *kp_shared = NULL;
 static LWLock *id_block_lock = NULL;
 
+/*
+ * Shared memory of the other modules, added with kp_shmem_add() from their
+ * init functions: each owns its part, this file only sizes and places it.
+ */
+typedef struct KpShmemPart
+{
+	const char *name;
+	Size		(*size) (void);
+	void		(*attach) (void *memory, bool found);
+} KpShmemPart;
+
+#define KP_MAX_SHMEM_PARTS 8
+static KpShmemPart parts[KP_MAX_SHMEM_PARTS];
+static int	part_count = 0;
+
 #define KP_ID_BLOCK_TRANCHE "kafka_producer id blocks"
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -36,8 +51,8 @@ kp_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
-	RequestAddinShmemSpace(MAXALIGN(kp_commit_wait_shmem_size()));
-	RequestAddinShmemSpace(MAXALIGN(kp_sync_shmem_size()));
+	for (int i = 0; i < part_count; i++)
+		RequestAddinShmemSpace(MAXALIGN(parts[i].size()));
 	RequestNamedLWLockTranche(KP_ID_BLOCK_TRANCHE, 1);
 }
 
@@ -67,8 +82,13 @@ kp_shmem_startup(void)
 		kp_shared->last_error_at = 0;
 		ConditionVariableInit(&kp_shared->outcomes_recorded);
 	}
-	kp_commit_wait_shmem_init();
-	kp_sync_shmem_init();
+	for (int i = 0; i < part_count; i++)
+	{
+		void	   *memory = ShmemInitStruct(parts[i].name, parts[i].size(),
+											 &found);
+
+		parts[i].attach(memory, found);
+	}
 	id_block_lock = &GetNamedLWLockTranche(KP_ID_BLOCK_TRANCHE)->lock;
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -81,6 +101,23 @@ LWLock *
 kp_shmem_id_block_lock(void)
 {
 	return id_block_lock;
+}
+
+/*
+ * Adds a part of shared memory, of size() bytes, that attach() is given at
+ * startup, with found false if it is new and must be initialized.  Called
+ * from a module's init, while the library is preloaded.
+ */
+void
+kp_shmem_add(const char *name, Size (*size) (void),
+			 void (*attach) (void *memory, bool found))
+{
+	if (part_count == KP_MAX_SHMEM_PARTS)
+		elog(ERROR, "too many kafka_producer shared memory parts");
+	parts[part_count].name = name;
+	parts[part_count].size = size;
+	parts[part_count].attach = attach;
+	part_count++;
 }
 
 void

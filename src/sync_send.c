@@ -104,20 +104,17 @@ typedef struct KpSyncMessage
 	char		data[FLEXIBLE_ARRAY_MEMBER];	/* key, value, headers */
 } KpSyncMessage;
 
-Size
-kp_sync_shmem_size(void)
+static Size
+shmem_size(void)
 {
 	return add_size(offsetof(KpSyncSlots, slots),
 					mul_size(MaxBackends, sizeof(KpSyncSlot)));
 }
 
-void
-kp_sync_shmem_init(void)
+static void
+shmem_attach(void *memory, bool found)
 {
-	bool		found;
-
-	sync_slots = ShmemInitStruct("kafka_producer sync sends",
-								 kp_sync_shmem_size(), &found);
+	sync_slots = memory;
 	if (found)
 		return;
 	pg_atomic_init_u32(&sync_slots->requested, 0);
@@ -127,6 +124,12 @@ kp_sync_shmem_init(void)
 		sync_slots->slots[i].state = KP_SYNC_FREE;
 		sync_slots->slots[i].request = 0;
 	}
+}
+
+void
+kp_sync_init(void)
+{
+	kp_shmem_add("kafka_producer sync sends", shmem_size, shmem_attach);
 }
 
 /* ---------------------------------------------------------------------
