@@ -94,6 +94,21 @@ typedef struct KpProperty
 	char	   *value;
 } KpProperty;
 
+/* Appends name=value to props, which has room for *capacity. */
+static void
+add_property(KpProperty **props, int *count, int *capacity,
+			 const char *name, const char *value)
+{
+	if (*count == *capacity)
+	{
+		*capacity *= 2;
+		*props = repalloc(*props, *capacity * sizeof(KpProperty));
+	}
+	(*props)[*count].name = pstrdup(name);
+	(*props)[*count].value = pstrdup(value);
+	(*count)++;
+}
+
 /*
  * Splits "name=value,name=value" into properties.  A comma-separated piece
  * without "=" continues the previous value, so that list-valued properties
@@ -128,14 +143,7 @@ parse_property_list(const char *list, KpProperty **props, const char **bad)
 			return -1;
 		}
 		*eq = '\0';
-		if (count == capacity)
-		{
-			capacity *= 2;
-			*props = repalloc(*props, capacity * sizeof(KpProperty));
-		}
-		(*props)[count].name = pstrdup(piece);
-		(*props)[count].value = pstrdup(eq + 1);
-		count++;
+		add_property(props, &count, &capacity, piece, eq + 1);
 	}
 	return count;
 }
@@ -266,14 +274,7 @@ read_properties_file(const char *path, KpProperty **props, char **error)
 			return -1;
 		}
 		*eq = '\0';
-		if (count == capacity)
-		{
-			capacity *= 2;
-			*props = repalloc(*props, capacity * sizeof(KpProperty));
-		}
-		(*props)[count].name = pstrdup(trim(text));
-		(*props)[count].value = pstrdup(trim(eq + 1));
-		count++;
+		add_property(props, &count, &capacity, trim(text), trim(eq + 1));
 	}
 	FreeFile(file);
 	return count;
