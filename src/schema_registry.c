@@ -85,6 +85,7 @@ typedef struct KpRegistryAnswer
 
 char	   *kp_schema_registry_url = NULL;
 char	   *kp_schema_registry_user_info = NULL;
+static char *kp_schema_registry_netrc_file = NULL;
 
 /* an http or https URL, kept without a trailing slash */
 static bool
@@ -105,6 +106,25 @@ check_schema_registry_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* an absolute path of a file the server can read */
+static bool
+check_netrc_file(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (!is_absolute_path(*newval))
+	{
+		GUC_check_errdetail("The netrc file must be given by an absolute path.");
+		return false;
+	}
+	if (access(*newval, R_OK) != 0)
+	{
+		GUC_check_errdetail("Could not read \"%s\": %m.", *newval);
+		return false;
+	}
+	return true;
+}
+
 void
 kp_schema_registry_init(void)
 {
@@ -119,6 +139,12 @@ kp_schema_registry_init(void)
 							   &kp_schema_registry_user_info, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("kafka.schema_registry_netrc_file",
+							   "A netrc file with the schema registry's credentials.",
+							   "Read by libcurl at each request: \"machine <host> login <user> password <password>\". No SQL role can read its content.",
+							   &kp_schema_registry_netrc_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_netrc_file, NULL, NULL);
 }
 
 static CURL *curl = NULL;
@@ -277,6 +303,12 @@ post_schema(const char *subject, const char *schema, KpRegistryAnswer *answer)
 	{
 		curl_easy_setopt(handle, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
 		curl_easy_setopt(handle, CURLOPT_USERPWD, kp_schema_registry_user_info);
+	}
+	else if (kp_schema_registry_netrc_file[0] != '\0')
+	{
+		curl_easy_setopt(handle, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+		curl_easy_setopt(handle, CURLOPT_NETRC, (long) CURL_NETRC_REQUIRED);
+		curl_easy_setopt(handle, CURLOPT_NETRC_FILE, kp_schema_registry_netrc_file);
 	}
 	result = curl_easy_perform(handle);
 	answer->reached = result == CURLE_OK;

@@ -213,3 +213,21 @@ def test_basic_auth(pg, kafka, settings):
             avro.io.BinaryDecoder(io.BytesIO(record.value[5:]))) == 42
     finally:
         secured.stop()
+
+
+def test_basic_auth_from_netrc_file(pg, kafka, settings, tmp_path):
+    """The credentials from a netrc file that only the server reads: no SQL
+    role sees them."""
+    secured = SchemaRegistry(user="kafka", password="s3cret")
+    secured.start()
+    try:
+        netrc = tmp_path / "registry.netrc"
+        netrc.write_text("machine 127.0.0.1 login kafka password s3cret\n")
+        netrc.chmod(0o600)
+        use_registry(pg, settings, secured.url, schema_registry_netrc_file=str(netrc))
+        pg.query("SELECT kafka_send_avro('registry_netrc', 43::bigint)")
+        assert pg.wait_until_final("registry_netrc") == {"delivered": 1}
+        assert "s3cret" not in str(pg.query("SELECT name, setting FROM pg_settings "
+                                            "WHERE name LIKE 'kafka.%'"))
+    finally:
+        secured.stop()
