@@ -9,6 +9,7 @@ OBJS = \
 	src/recorded_offsets.o \
 	src/reconcile.o \
 	src/drop_guard.o \
+	src/delivery_hold.o \
 	src/publish_admin.o \
 	src/enqueue.o \
 	src/worker.o \
@@ -27,7 +28,7 @@ OBJS = \
 
 DATA = $(wildcard sql/kafka_producer--*.sql)
 
-REGRESS = setup send config retry wait sync topic_config avro publish security drop
+REGRESS = setup send config retry wait sync topic_config avro publish roles hold security drop
 REGRESS_OPTS = --inputdir=. --temp-config=test/regress.conf --temp-instance=tmp_check \
 	--load-extension=kafka_producer
 

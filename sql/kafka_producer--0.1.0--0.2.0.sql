@@ -32,6 +32,323 @@ REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;
 
 /*
+ * Each message records the role that enqueued it; kafka.messages shows a
+ * role its own.  Messages enqueued before 0.2.0 have none: only members
+ * of pg_monitor see them.
+ */
+ALTER TABLE kafka.outbox ADD COLUMN enqueued_by regrole;
+ALTER TABLE kafka.outbox_batch ADD COLUMN enqueued_by regrole;
+ALTER TABLE kafka.delivered ADD COLUMN enqueued_by regrole;
+ALTER TABLE kafka.failed ADD COLUMN enqueued_by regrole;
+
+/* Every undelivered message, with its payload. */
+CREATE OR REPLACE VIEW kafka.pending AS
+	SELECT id, topic, key, value, headers, "partition", attempts, last_error,
+		   enqueued_at, enqueued_by
+	  FROM kafka.outbox
+	UNION ALL
+	SELECT b.first_id + m.n - 1, b.topic, m.key, m.value, NULL::jsonb,
+		   NULL::integer, 0, NULL::text, b.enqueued_at, b.enqueued_by
+	  FROM kafka.outbox_batch b,
+		   unnest(b.keys, b."values") WITH ORDINALITY AS m(key, value, n);
+
+/*
+ * A role sees the messages it enqueued (as current_user: kafka_send(), or
+ * a write to a published table); members of pg_monitor, and superusers,
+ * see every message.  A security barrier, so that a caller's own function
+ * in a WHERE clause never sees the rows the view hides.
+ */
+CREATE OR REPLACE VIEW kafka.messages WITH (security_barrier) AS
+	SELECT id, topic, key, status, "partition", "offset", attempts, error,
+		   enqueued_at, delivered_at, enqueued_by
+	  FROM (SELECT id, topic, key, 'pending'::text AS status, "partition",
+				   NULL::bigint AS "offset", attempts, last_error AS error,
+				   enqueued_at, NULL::timestamptz AS delivered_at, enqueued_by
+			  FROM kafka.pending
+			UNION ALL
+			SELECT id, topic, key, 'delivered', "partition", "offset", attempts,
+				   NULL, enqueued_at, delivered_at, enqueued_by
+			  FROM kafka.delivered
+			UNION ALL
+			SELECT id, topic, key, 'failed', "partition", NULL, attempts,
+				   error_code || ': ' || error, enqueued_at, NULL, enqueued_by
+			  FROM kafka.failed) AS m
+	 WHERE enqueued_by = current_user::regrole
+		OR (SELECT pg_has_role('pg_monitor', 'USAGE'));
+
+/*
+ * Re-queueing is an INSERT into kafka.outbox: done as a replica, so that
+ * kafka.hold_inserted_messages() does not take it for a restore.
+ */
+CREATE OR REPLACE FUNCTION kafka_retry(message_id bigint) RETURNS void
+	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET session_replication_role = replica
+AS $$
+DECLARE
+	current_status text;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed WHERE id = message_id
+		RETURNING id, topic, key, value, headers, "partition", enqueued_at, enqueued_by)
+	INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at,
+							  enqueued_by)
+		SELECT * FROM moved;
+	IF FOUND THEN
+		PERFORM kafka.wake_worker(message_id);
+		RETURN;
+	END IF;
+	SELECT status INTO current_status FROM kafka.messages WHERE id = message_id;
+	IF current_status IS NULL THEN
+		RAISE EXCEPTION 'Kafka message % does not exist', message_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Delivered messages are removed after kafka.status_retention.';
+	END IF;
+	RAISE EXCEPTION 'cannot retry Kafka message %', message_id
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+			  DETAIL = format('Only failed messages can be retried; its status is "%s".',
+							  current_status);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION kafka_retry_failed(topic text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET session_replication_role = replica
+AS $$
+DECLARE
+	first_id bigint;
+	requeued bigint;
+BEGIN
+	WITH moved AS (
+		DELETE FROM kafka.failed f
+		 WHERE kafka_retry_failed.topic IS NULL OR f.topic = kafka_retry_failed.topic
+		RETURNING id, f.topic, key, value, headers, "partition", enqueued_at, enqueued_by),
+	inserted AS (
+		INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at,
+								  enqueued_by)
+			SELECT * FROM moved RETURNING id)
+	SELECT min(id), count(*) INTO first_id, requeued FROM inserted;
+	IF requeued > 0 THEN
+		PERFORM kafka.wake_worker(first_id);
+	END IF;
+	RETURN requeued;
+END
+$$;
+
+/*
+ * While this table has its row, the worker sends nothing.  Messages that
+ * reach kafka.outbox or kafka.outbox_batch other than through
+ * kafka_send() and the publishing trigger, which write without the
+ * executor, put the row here in the same transaction: so pg_restore's
+ * COPY of a dump holds delivery before the worker can see one restored
+ * message, and a restored copy of a database never sends the original's
+ * messages unless kafka_resume() says so.  Not dumped: a restore decides
+ * anew.
+ */
+CREATE TABLE kafka.delivery_hold (
+	held boolean PRIMARY KEY DEFAULT true CHECK (held),
+	reason text NOT NULL,
+	since timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION kafka.hold_inserted_messages() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO kafka.delivery_hold (reason)
+		VALUES (format('messages were written into %s by INSERT or COPY, as a restore does',
+					   TG_TABLE_NAME))
+		ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER hold_inserted_messages AFTER INSERT ON kafka.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.hold_inserted_messages();
+CREATE TRIGGER hold_inserted_messages AFTER INSERT ON kafka.outbox_batch
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.hold_inserted_messages();
+
+/* Ends a hold: the worker sends the pending messages. */
+CREATE FUNCTION kafka_resume() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM kafka.delivery_hold;
+	IF NOT FOUND THEN
+		RAISE NOTICE 'delivery was not held';
+		RETURN;
+	END IF;
+	PERFORM kafka.wake_worker(coalesce(least((SELECT min(id) FROM kafka.outbox),
+											  (SELECT min(first_id) FROM kafka.outbox_batch)),
+									  1));
+END
+$$;
+
+COMMENT ON FUNCTION kafka_resume() IS
+	'end a hold on delivery (as after a restore): send the pending messages';
+
+/*
+ * Removes the pending and failed messages, or those of one topic, while
+ * delivery is held: nothing of them is in flight then.  Returns how many.
+ */
+CREATE FUNCTION kafka_discard(topic text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	discarded bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM kafka.delivery_hold FOR SHARE) THEN
+		RAISE EXCEPTION 'cannot discard messages while delivery is running'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Only the messages of a held database, such as a restored copy, can be discarded.',
+				  HINT = 'To discard failed messages, delete them from kafka.failed.';
+	END IF;
+	WITH outbox AS (
+		DELETE FROM kafka.outbox o
+		 WHERE kafka_discard.topic IS NULL OR o.topic = kafka_discard.topic RETURNING 1),
+	batch AS (
+		DELETE FROM kafka.outbox_batch b
+		 WHERE kafka_discard.topic IS NULL OR b.topic = kafka_discard.topic
+		RETURNING cardinality(b.keys) AS n),
+	failed AS (
+		DELETE FROM kafka.failed f
+		 WHERE kafka_discard.topic IS NULL OR f.topic = kafka_discard.topic RETURNING 1)
+	SELECT (SELECT count(*) FROM outbox) + (SELECT coalesce(sum(n), 0) FROM batch) +
+		   (SELECT count(*) FROM failed)
+	  INTO discarded;
+	RETURN discarded;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_discard(text) IS
+	'remove the pending and failed messages (or a topic''s) of a held database, as a restored copy';
+
+REVOKE ALL ON FUNCTION kafka.hold_inserted_messages() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_resume() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_discard(text) FROM PUBLIC;
+
+/* they read kafka.* as the extension's owner, and check whose messages they wait for */
+ALTER FUNCTION kafka_wait(bigint, interval) SECURITY INVOKER;
+ALTER FUNCTION kafka_flush(interval) SECURITY INVOKER;
+
+/*
+ * kafka.publication keeps its columns by name too, and its table as a
+ * regclass, so that it survives pg_dump and restore.
+ */
+DROP VIEW kafka.publications;
+ALTER TABLE kafka.publication ALTER COLUMN relid TYPE regclass,
+	ADD COLUMN key_columns text[], ADD COLUMN columns text[];
+CREATE FUNCTION kafka.column_names(tbl regclass, attnums int2[], names text[],
+								   keep_dropped boolean) RETURNS text[]
+	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT array_agg(coalesce(a.attname::text, u.name) ORDER BY u.i)
+	  FROM unnest(attnums, names) WITH ORDINALITY AS u(attnum, name, i)
+	  LEFT JOIN pg_attribute a
+			 ON a.attrelid = tbl AND a.attnum = u.attnum AND NOT a.attisdropped
+	 WHERE a.attname IS NOT NULL OR keep_dropped
+$$;
+
+UPDATE kafka.publication
+   SET key_columns = kafka.column_names(relid, key_attnums, NULL, false),
+	   columns = kafka.column_names(relid, column_attnums, NULL, false);
+ALTER TABLE kafka.publication ALTER COLUMN key_columns SET NOT NULL;
+
+CREATE VIEW kafka.publications AS
+	SELECT relid AS "table", topic, format, key_columns, columns, row_filter,
+		   tombstones, time_format
+	  FROM kafka.publication;
+
+COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
+
+/* Drops tbl's row filter function, if it has one. */
+CREATE FUNCTION kafka.drop_row_filter(tbl oid) RETURNS void
+	LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	filter regprocedure := to_regprocedure(format('kafka.%I(anyelement)', 'row_filter_' || tbl));
+BEGIN
+	IF filter IS NULL THEN
+		RETURN;
+	END IF;
+	IF EXISTS (SELECT FROM pg_depend
+				WHERE classid = 'pg_proc'::regclass AND objid = filter AND deptype = 'e') THEN
+		EXECUTE format('ALTER EXTENSION kafka_producer DROP FUNCTION %s', filter);
+	END IF;
+	EXECUTE format('DROP FUNCTION %s', filter);
+END
+$$;
+
+/*
+ * Makes tbl's row filter: a function of the table's owner, SECURITY
+ * DEFINER with a fixed search_path, so that it runs with the owner's
+ * rights, never the writer's nor the publisher's.  Polymorphic, so that
+ * it does not keep the table from being dropped.  A member of the
+ * extension (with its ACL as its initial privileges): pg_dump leaves it
+ * out, and the restored publication row makes it again.
+ */
+CREATE FUNCTION kafka.make_row_filter(tbl regclass, condition text) RETURNS oid
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name text := format('kafka.%I', 'row_filter_' || tbl::oid);
+	filter regprocedure;
+BEGIN
+	PERFORM kafka.drop_row_filter(tbl);
+	IF condition IS NULL THEN
+		RETURN NULL;
+	END IF;
+	EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
+				   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', name,
+				   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', condition));
+	filter := format('%s(anyelement)', name)::regprocedure;
+	EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', filter);
+	EXECUTE format('ALTER FUNCTION %s OWNER TO %s', filter,
+				   (SELECT relowner::regrole FROM pg_class WHERE oid = tbl));
+	/* within ALTER EXTENSION UPDATE it is one already */
+	IF NOT EXISTS (SELECT FROM pg_depend
+					WHERE classid = 'pg_proc'::regclass AND objid = filter AND deptype = 'e') THEN
+		EXECUTE format('ALTER EXTENSION kafka_producer ADD FUNCTION %s', filter);
+	END IF;
+	RETURN filter;
+END
+$$;
+
+/*
+ * Binds a new publication row, from kafka_publish() or a restore, to its
+ * table's columns by name, and makes its row filter.
+ */
+CREATE FUNCTION kafka.bind_publication() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	NEW.key_attnums := kafka.attnums(NEW.relid, NEW.key_columns, 'key columns');
+	NEW.column_attnums := kafka.attnums(NEW.relid, NEW.columns, 'columns');
+	NEW.row_filter_function := kafka.make_row_filter(NEW.relid, NEW.row_filter);
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER bind BEFORE INSERT ON kafka.publication
+	FOR EACH ROW EXECUTE FUNCTION kafka.bind_publication();
+ALTER TABLE kafka.publication ENABLE ALWAYS TRIGGER bind;
+
+/* Keeps the column names of kafka.publication current as columns are renamed. */
+CREATE FUNCTION kafka.follow_renamed_columns() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	UPDATE kafka.publication p
+	   SET key_columns = kafka.column_names(p.relid, p.key_attnums, p.key_columns, true),
+		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false)
+	  FROM pg_event_trigger_ddl_commands() c
+	 WHERE c.classid = 'pg_class'::regclass AND c.objid = p.relid;
+END
+$$;
+CREATE EVENT TRIGGER kafka_follow_renamed_columns ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION kafka.follow_renamed_columns();
+
+/*
  * Publishing is delegated like ALTER TABLE: kafka_publish() and
  * kafka_unpublish() check that their caller owns the table, then do the
  * work as the extension's owner; row filters run as the table's owner.
@@ -52,15 +369,11 @@ CREATE FUNCTION kafka.publish_as_owner(tbl regclass, topic text, format text,
 AS $$
 DECLARE
 	rel record;
-	key_attnums int2[];
-	column_attnums int2[];
 	filter_function oid;
-	filter_name text;
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	filter_name := format('kafka.%I', 'row_filter_' || tbl::oid);
 	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
 	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
 	IF rel.relkind = 'p' THEN
@@ -111,32 +424,20 @@ BEGIN
 		RAISE EXCEPTION 'key_columns must name at least one column'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	key_attnums := kafka.attnums(tbl, key_columns, 'key columns');
-	IF columns IS NOT NULL THEN
-		column_attnums := kafka.attnums(tbl, columns, 'columns');
-	END IF;
-
-	/* polymorphic, so that it does not keep the table from being dropped */
-	EXECUTE format('DROP FUNCTION IF EXISTS %s(anyelement)', filter_name);
-	IF "where" IS NOT NULL THEN
-		EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
-					   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', filter_name,
-					   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', "where"));
-		filter_function := format('%s(anyelement)', filter_name)::regprocedure;
-		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', filter_function::regprocedure);
-		EXECUTE format('ALTER FUNCTION %s OWNER TO %s', filter_function::regprocedure,
-					   (SELECT relowner::regrole FROM pg_class WHERE oid = tbl));
-		/* checks the condition now rather than at the first change */
-		EXECUTE format('SELECT %s(NULL::%s)', filter_name, tbl);
-	END IF;
-
-	INSERT INTO kafka.publication AS p
-		VALUES (tbl, topic, format, key_attnums, column_attnums, "where",
-				filter_function, tombstones, time_format)
+	/* kafka.bind_publication() numbers the columns and makes the filter */
+	INSERT INTO kafka.publication AS p (relid, topic, format, key_columns, columns,
+										row_filter, tombstones, time_format)
+		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format)
 		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
 			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
+			key_columns = excluded.key_columns, columns = excluded.columns,
 			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
-			tombstones = excluded.tombstones, time_format = excluded.time_format;
+			tombstones = excluded.tombstones, time_format = excluded.time_format
+		RETURNING p.row_filter_function INTO filter_function;
+	IF filter_function IS NOT NULL THEN
+		/* checks the condition now rather than at the first change */
+		EXECUTE format('SELECT %s(NULL::%s)', filter_function::regproc, tbl);
+	END IF;
 
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
@@ -168,7 +469,7 @@ BEGIN
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
-	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
+	PERFORM kafka.drop_row_filter(tbl);
 END
 $$;
 
@@ -191,20 +492,34 @@ CREATE OR REPLACE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
 REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
 
-/* the row filters of existing publications, as kafka.publish_as_owner makes them */
-DO $$
+REVOKE ALL ON FUNCTION kafka.column_names(regclass, int2[], text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.drop_row_filter(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.make_row_filter(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.bind_publication() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.follow_renamed_columns() FROM PUBLIC;
+
+/* the row filters of existing publications, as kafka.bind_publication() makes them */
+UPDATE kafka.publication SET row_filter_function = kafka.make_row_filter(relid, row_filter)
+ WHERE row_filter IS NOT NULL;
+
+/*
+ * A dropped table is no longer published.  It runs on every role's DROP,
+ * so it runs as the extension's owner: nobody needs rights on kafka.*.
+ */
+CREATE OR REPLACE FUNCTION kafka.forget_dropped_tables() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
 DECLARE
-	pub record;
+	dropped oid;
 BEGIN
-	FOR pub IN
-		SELECT p.row_filter_function::regprocedure AS filter, c.relowner::regrole AS owner
-		  FROM kafka.publication p JOIN pg_class c ON c.oid = p.relid
-		 WHERE p.row_filter_function IS NOT NULL
+	FOR dropped IN
+		SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+		  JOIN kafka.publication p ON p.relid = d.objid
+		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
 	LOOP
-		EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp',
-					   pub.filter);
-		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pub.filter);
-		EXECUTE format('ALTER FUNCTION %s OWNER TO %s', pub.filter, pub.owner);
+		DELETE FROM kafka.publication WHERE relid = dropped;
+		PERFORM kafka.drop_row_filter(dropped);
 	END LOOP;
 END
 $$;

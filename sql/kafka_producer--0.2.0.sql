@@ -32,7 +32,8 @@ CREATE TABLE kafka.outbox (
 	"partition" integer,
 	attempts integer NOT NULL DEFAULT 0,
 	last_error text,
-	enqueued_at timestamptz NOT NULL
+	enqueued_at timestamptz NOT NULL,
+	enqueued_by regrole
 ) WITH (autovacuum_vacuum_scale_factor = 0.01,
 		autovacuum_vacuum_insert_scale_factor = 0.01,
 		vacuum_truncate = false);
@@ -54,7 +55,8 @@ CREATE TABLE kafka.outbox_batch (
 	topic text NOT NULL,
 	keys bytea[] NOT NULL,
 	"values" bytea[] NOT NULL,
-	enqueued_at timestamptz NOT NULL
+	enqueued_at timestamptz NOT NULL,
+	enqueued_by regrole
 ) WITH (toast_tuple_target = 8160,
 		autovacuum_vacuum_scale_factor = 0.01,
 		autovacuum_vacuum_insert_scale_factor = 0.01,
@@ -63,11 +65,11 @@ CREATE TABLE kafka.outbox_batch (
 /* Every undelivered message, with its payload. */
 CREATE VIEW kafka.pending AS
 	SELECT id, topic, key, value, headers, "partition", attempts, last_error,
-		   enqueued_at
+		   enqueued_at, enqueued_by
 	  FROM kafka.outbox
 	UNION ALL
 	SELECT b.first_id + m.n - 1, b.topic, m.key, m.value, NULL::jsonb,
-		   NULL::integer, 0, NULL::text, b.enqueued_at
+		   NULL::integer, 0, NULL::text, b.enqueued_at, b.enqueued_by
 	  FROM kafka.outbox_batch b,
 		   unnest(b.keys, b."values") WITH ORDINALITY AS m(key, value, n);
 
@@ -102,7 +104,8 @@ CREATE TABLE kafka.delivered (
 	"offset" bigint,
 	attempts integer NOT NULL,
 	enqueued_at timestamptz NOT NULL,
-	delivered_at timestamptz NOT NULL
+	delivered_at timestamptz NOT NULL,
+	enqueued_by regrole
 );
 CREATE INDEX delivered_brin ON kafka.delivered
 	USING brin (id, delivered_at) WITH (pages_per_range = 16, autosummarize = on);
@@ -119,22 +122,33 @@ CREATE TABLE kafka.failed (
 	error_code text NOT NULL,
 	error text NOT NULL,
 	enqueued_at timestamptz NOT NULL,
-	failed_at timestamptz NOT NULL
+	failed_at timestamptz NOT NULL,
+	enqueued_by regrole
 );
 
-CREATE VIEW kafka.messages AS
-	SELECT id, topic, key, 'pending'::text AS status, "partition",
-		   NULL::bigint AS "offset", attempts, last_error AS error,
-		   enqueued_at, NULL::timestamptz AS delivered_at
-	  FROM kafka.pending
-	UNION ALL
-	SELECT id, topic, key, 'delivered', "partition", "offset", attempts,
-		   NULL, enqueued_at, delivered_at
-	  FROM kafka.delivered
-	UNION ALL
-	SELECT id, topic, key, 'failed', "partition", NULL, attempts,
-		   error_code || ': ' || error, enqueued_at, NULL
-	  FROM kafka.failed;
+/*
+ * A role sees the messages it enqueued (as current_user: kafka_send(), or
+ * a write to a published table); members of pg_monitor, and superusers,
+ * see every message.  A security barrier, so that a caller's own function
+ * in a WHERE clause never sees the rows the view hides.
+ */
+CREATE VIEW kafka.messages WITH (security_barrier) AS
+	SELECT id, topic, key, status, "partition", "offset", attempts, error,
+		   enqueued_at, delivered_at, enqueued_by
+	  FROM (SELECT id, topic, key, 'pending'::text AS status, "partition",
+				   NULL::bigint AS "offset", attempts, last_error AS error,
+				   enqueued_at, NULL::timestamptz AS delivered_at, enqueued_by
+			  FROM kafka.pending
+			UNION ALL
+			SELECT id, topic, key, 'delivered', "partition", "offset", attempts,
+				   NULL, enqueued_at, delivered_at, enqueued_by
+			  FROM kafka.delivered
+			UNION ALL
+			SELECT id, topic, key, 'failed', "partition", NULL, attempts,
+				   error_code || ': ' || error, enqueued_at, NULL, enqueued_by
+			  FROM kafka.failed) AS m
+	 WHERE enqueued_by = current_user::regrole
+		OR (SELECT pg_has_role('pg_monitor', 'USAGE'));
 
 COMMENT ON VIEW kafka.messages IS
 	'every message''s fate: pending, delivered (with partition and offset) or failed (with Kafka''s error)';
@@ -187,6 +201,93 @@ SELECT pg_catalog.pg_extension_config_dump('kafka.message_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.topic_config', '');
 SELECT pg_catalog.pg_extension_config_dump('kafka.schemas', '');
 
+/*
+ * While this table has its row, the worker sends nothing.  Messages that
+ * reach kafka.outbox or kafka.outbox_batch other than through
+ * kafka_send() and the publishing trigger, which write without the
+ * executor, put the row here in the same transaction: so pg_restore's
+ * COPY of a dump holds delivery before the worker can see one restored
+ * message, and a restored copy of a database never sends the original's
+ * messages unless kafka_resume() says so.  Not dumped: a restore decides
+ * anew.
+ */
+CREATE TABLE kafka.delivery_hold (
+	held boolean PRIMARY KEY DEFAULT true CHECK (held),
+	reason text NOT NULL,
+	since timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION kafka.hold_inserted_messages() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO kafka.delivery_hold (reason)
+		VALUES (format('messages were written into %s by INSERT or COPY, as a restore does',
+					   TG_TABLE_NAME))
+		ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER hold_inserted_messages AFTER INSERT ON kafka.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.hold_inserted_messages();
+CREATE TRIGGER hold_inserted_messages AFTER INSERT ON kafka.outbox_batch
+	FOR EACH STATEMENT EXECUTE FUNCTION kafka.hold_inserted_messages();
+
+/* Ends a hold: the worker sends the pending messages. */
+CREATE FUNCTION kafka_resume() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM kafka.delivery_hold;
+	IF NOT FOUND THEN
+		RAISE NOTICE 'delivery was not held';
+		RETURN;
+	END IF;
+	PERFORM kafka.wake_worker(coalesce(least((SELECT min(id) FROM kafka.outbox),
+											  (SELECT min(first_id) FROM kafka.outbox_batch)),
+									  1));
+END
+$$;
+
+COMMENT ON FUNCTION kafka_resume() IS
+	'end a hold on delivery (as after a restore): send the pending messages';
+
+/*
+ * Removes the pending and failed messages, or those of one topic, while
+ * delivery is held: nothing of them is in flight then.  Returns how many.
+ */
+CREATE FUNCTION kafka_discard(topic text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	discarded bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM kafka.delivery_hold FOR SHARE) THEN
+		RAISE EXCEPTION 'cannot discard messages while delivery is running'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Only the messages of a held database, such as a restored copy, can be discarded.',
+				  HINT = 'To discard failed messages, delete them from kafka.failed.';
+	END IF;
+	WITH outbox AS (
+		DELETE FROM kafka.outbox o
+		 WHERE kafka_discard.topic IS NULL OR o.topic = kafka_discard.topic RETURNING 1),
+	batch AS (
+		DELETE FROM kafka.outbox_batch b
+		 WHERE kafka_discard.topic IS NULL OR b.topic = kafka_discard.topic
+		RETURNING cardinality(b.keys) AS n),
+	failed AS (
+		DELETE FROM kafka.failed f
+		 WHERE kafka_discard.topic IS NULL OR f.topic = kafka_discard.topic RETURNING 1)
+	SELECT (SELECT count(*) FROM outbox) + (SELECT coalesce(sum(n), 0) FROM batch) +
+		   (SELECT count(*) FROM failed)
+	  INTO discarded;
+	RETURN discarded;
+END
+$$;
+
+COMMENT ON FUNCTION kafka_discard(text) IS
+	'remove the pending and failed messages (or a topic''s) of a held database, as a restored copy';
+
 CREATE FUNCTION kafka_send(topic text, value "any", key "any" DEFAULT NULL,
 						   "partition" integer DEFAULT NULL,
 						   headers jsonb DEFAULT NULL)
@@ -236,13 +337,14 @@ CREATE FUNCTION kafka.wake_worker(first_id bigint) RETURNS void
 
 /*
  * Waits until a message is delivered or failed, or the timeout passes;
- * returns its status.  Outcomes are also announced by the worker with
+ * returns its status.  The caller must have enqueued it, or be a member
+ * of pg_monitor.  Outcomes are also announced by the worker with
  * NOTIFY kafka_delivery, payload '<status>:<ids>' as in '17,20-31'.
  */
 CREATE FUNCTION kafka_wait(message_id bigint, timeout interval DEFAULT '30 seconds')
 	RETURNS text
 	LANGUAGE C VOLATILE PARALLEL UNSAFE
-	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'kafka_wait';
 
 COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
@@ -255,7 +357,7 @@ COMMENT ON FUNCTION kafka_wait(bigint, interval) IS
 CREATE FUNCTION kafka_flush(timeout interval DEFAULT '30 seconds')
 	RETURNS boolean
 	LANGUAGE C VOLATILE PARALLEL UNSAFE
-	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'kafka_flush';
 
 COMMENT ON FUNCTION kafka_flush(interval) IS
@@ -298,16 +400,22 @@ AS $$
 	 ORDER BY 1, 2
 $$;
 
+/*
+ * Re-queueing is an INSERT into kafka.outbox: done as a replica, so that
+ * kafka.hold_inserted_messages() does not take it for a restore.
+ */
 CREATE FUNCTION kafka_retry(message_id bigint) RETURNS void
 	LANGUAGE plpgsql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET session_replication_role = replica
 AS $$
 DECLARE
 	current_status text;
 BEGIN
 	WITH moved AS (
 		DELETE FROM kafka.failed WHERE id = message_id
-		RETURNING id, topic, key, value, headers, "partition", enqueued_at)
-	INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+		RETURNING id, topic, key, value, headers, "partition", enqueued_at, enqueued_by)
+	INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at,
+							  enqueued_by)
 		SELECT * FROM moved;
 	IF FOUND THEN
 		PERFORM kafka.wake_worker(message_id);
@@ -330,6 +438,7 @@ COMMENT ON FUNCTION kafka_retry(bigint) IS 're-queue one failed message';
 
 CREATE FUNCTION kafka_retry_failed(topic text DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	SET session_replication_role = replica
 AS $$
 DECLARE
 	first_id bigint;
@@ -338,9 +447,10 @@ BEGIN
 	WITH moved AS (
 		DELETE FROM kafka.failed f
 		 WHERE kafka_retry_failed.topic IS NULL OR f.topic = kafka_retry_failed.topic
-		RETURNING id, f.topic, key, value, headers, "partition", enqueued_at),
+		RETURNING id, f.topic, key, value, headers, "partition", enqueued_at, enqueued_by),
 	inserted AS (
-		INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at)
+		INSERT INTO kafka.outbox (id, topic, key, value, headers, "partition", enqueued_at,
+								  enqueued_by)
 			SELECT * FROM moved RETURNING id)
 	SELECT min(id), count(*) INTO first_id, requeued FROM inserted;
 	IF requeued > 0 THEN
@@ -400,6 +510,9 @@ REVOKE ALL ON FUNCTION kafka.check_database() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.topic_config_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_properties(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.any_pending(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.hold_inserted_messages() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_resume() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_discard(text) FROM PUBLIC;
 
 /* ---------------------------------------------------------------------
  * Change publishing: kafka_publish() and its trigger
@@ -407,12 +520,14 @@ REVOKE ALL ON FUNCTION kafka.any_pending(bigint, bigint) FROM PUBLIC;
  */
 
 /*
- * The options of each published table, columns by attribute number so
- * that renaming a column needs no re-publishing; kafka.publications shows
- * them by name.
+ * The options of each published table.  Its columns are kept by number,
+ * so that renaming one needs no re-publishing, and by name, kept current
+ * by kafka.follow_renamed_columns(): pg_dump copies the names, and the
+ * table by name (a regclass), so a restored row binds to the restored
+ * table, whose column numbers differ where columns were dropped.
  */
 CREATE TABLE kafka.publication (
-	relid oid PRIMARY KEY,
+	relid regclass PRIMARY KEY,
 	topic text NOT NULL,
 	format text NOT NULL,
 	key_attnums int2[] NOT NULL,
@@ -420,22 +535,16 @@ CREATE TABLE kafka.publication (
 	row_filter text,
 	row_filter_function oid,
 	tombstones boolean NOT NULL,
-	time_format text NOT NULL
+	time_format text NOT NULL,
+	key_columns text[] NOT NULL,
+	columns text[]
 );
 SELECT pg_catalog.pg_extension_config_dump('kafka.publication', '');
 
 CREATE VIEW kafka.publications AS
-	SELECT p.relid::regclass AS "table", p.topic, p.format,
-		   (SELECT array_agg(a.attname::text ORDER BY k.n)
-			  FROM unnest(p.key_attnums) WITH ORDINALITY AS k(attnum, n)
-			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = k.attnum) AS key_columns,
-		   (SELECT array_agg(a.attname::text ORDER BY c.n)
-			  FROM unnest(p.column_attnums) WITH ORDINALITY AS c(attnum, n)
-			  JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum = c.attnum
-			 WHERE NOT a.attisdropped) AS columns,
-		   p.row_filter, p.tombstones, p.time_format
-	  FROM kafka.publication p
-	 WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid);
+	SELECT relid AS "table", topic, format, key_columns, columns, row_filter,
+		   tombstones, time_format
+	  FROM kafka.publication;
 
 COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
 
@@ -473,6 +582,111 @@ BEGIN
 END
 $$;
 
+/*
+ * The names of attnums in tbl; names[i] where attnums[i] was dropped (a
+ * dropped key column stays named, to fail loudly) or, with keep_dropped
+ * false, nothing.
+ */
+CREATE FUNCTION kafka.column_names(tbl regclass, attnums int2[], names text[],
+								   keep_dropped boolean) RETURNS text[]
+	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT array_agg(coalesce(a.attname::text, u.name) ORDER BY u.i)
+	  FROM unnest(attnums, names) WITH ORDINALITY AS u(attnum, name, i)
+	  LEFT JOIN pg_attribute a
+			 ON a.attrelid = tbl AND a.attnum = u.attnum AND NOT a.attisdropped
+	 WHERE a.attname IS NOT NULL OR keep_dropped
+$$;
+
+/* Drops tbl's row filter function, if it has one. */
+CREATE FUNCTION kafka.drop_row_filter(tbl oid) RETURNS void
+	LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	filter regprocedure := to_regprocedure(format('kafka.%I(anyelement)', 'row_filter_' || tbl));
+BEGIN
+	IF filter IS NULL THEN
+		RETURN;
+	END IF;
+	IF EXISTS (SELECT FROM pg_depend
+				WHERE classid = 'pg_proc'::regclass AND objid = filter AND deptype = 'e') THEN
+		EXECUTE format('ALTER EXTENSION kafka_producer DROP FUNCTION %s', filter);
+	END IF;
+	EXECUTE format('DROP FUNCTION %s', filter);
+END
+$$;
+
+/*
+ * Makes tbl's row filter: a function of the table's owner, SECURITY
+ * DEFINER with a fixed search_path, so that it runs with the owner's
+ * rights, never the writer's nor the publisher's.  Polymorphic, so that
+ * it does not keep the table from being dropped.  A member of the
+ * extension (with its ACL as its initial privileges): pg_dump leaves it
+ * out, and the restored publication row makes it again.
+ */
+CREATE FUNCTION kafka.make_row_filter(tbl regclass, condition text) RETURNS oid
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name text := format('kafka.%I', 'row_filter_' || tbl::oid);
+	filter regprocedure;
+BEGIN
+	PERFORM kafka.drop_row_filter(tbl);
+	IF condition IS NULL THEN
+		RETURN NULL;
+	END IF;
+	EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
+				   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', name,
+				   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', condition));
+	filter := format('%s(anyelement)', name)::regprocedure;
+	EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', filter);
+	EXECUTE format('ALTER FUNCTION %s OWNER TO %s', filter,
+				   (SELECT relowner::regrole FROM pg_class WHERE oid = tbl));
+	/* within ALTER EXTENSION UPDATE it is one already */
+	IF NOT EXISTS (SELECT FROM pg_depend
+					WHERE classid = 'pg_proc'::regclass AND objid = filter AND deptype = 'e') THEN
+		EXECUTE format('ALTER EXTENSION kafka_producer ADD FUNCTION %s', filter);
+	END IF;
+	RETURN filter;
+END
+$$;
+
+/*
+ * Binds a new publication row, from kafka_publish() or a restore, to its
+ * table's columns by name, and makes its row filter.
+ */
+CREATE FUNCTION kafka.bind_publication() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	NEW.key_attnums := kafka.attnums(NEW.relid, NEW.key_columns, 'key columns');
+	NEW.column_attnums := kafka.attnums(NEW.relid, NEW.columns, 'columns');
+	NEW.row_filter_function := kafka.make_row_filter(NEW.relid, NEW.row_filter);
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER bind BEFORE INSERT ON kafka.publication
+	FOR EACH ROW EXECUTE FUNCTION kafka.bind_publication();
+ALTER TABLE kafka.publication ENABLE ALWAYS TRIGGER bind;
+
+/* Keeps the column names of kafka.publication current as columns are renamed. */
+CREATE FUNCTION kafka.follow_renamed_columns() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+	UPDATE kafka.publication p
+	   SET key_columns = kafka.column_names(p.relid, p.key_attnums, p.key_columns, true),
+		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false)
+	  FROM pg_event_trigger_ddl_commands() c
+	 WHERE c.classid = 'pg_class'::regclass AND c.objid = p.relid;
+END
+$$;
+CREATE EVENT TRIGGER kafka_follow_renamed_columns ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION kafka.follow_renamed_columns();
+
 /* Prepares a publication's encoders, to report now what would fail later. */
 CREATE FUNCTION kafka.check_publication(tbl regclass) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_publication';
@@ -500,15 +714,11 @@ CREATE FUNCTION kafka.publish_as_owner(tbl regclass, topic text, format text,
 AS $$
 DECLARE
 	rel record;
-	key_attnums int2[];
-	column_attnums int2[];
 	filter_function oid;
-	filter_name text;
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	filter_name := format('kafka.%I', 'row_filter_' || tbl::oid);
 	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
 	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
 	IF rel.relkind = 'p' THEN
@@ -559,32 +769,20 @@ BEGIN
 		RAISE EXCEPTION 'key_columns must name at least one column'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	key_attnums := kafka.attnums(tbl, key_columns, 'key columns');
-	IF columns IS NOT NULL THEN
-		column_attnums := kafka.attnums(tbl, columns, 'columns');
-	END IF;
-
-	/* polymorphic, so that it does not keep the table from being dropped */
-	EXECUTE format('DROP FUNCTION IF EXISTS %s(anyelement)', filter_name);
-	IF "where" IS NOT NULL THEN
-		EXECUTE format('CREATE FUNCTION %s(r anyelement) RETURNS boolean LANGUAGE sql STABLE '
-					   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', filter_name,
-					   format('SELECT coalesce((%s), false) FROM (SELECT (r).*) AS s', "where"));
-		filter_function := format('%s(anyelement)', filter_name)::regprocedure;
-		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', filter_function::regprocedure);
-		EXECUTE format('ALTER FUNCTION %s OWNER TO %s', filter_function::regprocedure,
-					   (SELECT relowner::regrole FROM pg_class WHERE oid = tbl));
-		/* checks the condition now rather than at the first change */
-		EXECUTE format('SELECT %s(NULL::%s)', filter_name, tbl);
-	END IF;
-
-	INSERT INTO kafka.publication AS p
-		VALUES (tbl, topic, format, key_attnums, column_attnums, "where",
-				filter_function, tombstones, time_format)
+	/* kafka.bind_publication() numbers the columns and makes the filter */
+	INSERT INTO kafka.publication AS p (relid, topic, format, key_columns, columns,
+										row_filter, tombstones, time_format)
+		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format)
 		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
 			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
+			key_columns = excluded.key_columns, columns = excluded.columns,
 			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
-			tombstones = excluded.tombstones, time_format = excluded.time_format;
+			tombstones = excluded.tombstones, time_format = excluded.time_format
+		RETURNING p.row_filter_function INTO filter_function;
+	IF filter_function IS NOT NULL THEN
+		/* checks the condition now rather than at the first change */
+		EXECUTE format('SELECT %s(NULL::%s)', filter_function::regproc, tbl);
+	END IF;
 
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
@@ -631,7 +829,7 @@ BEGIN
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
-	EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || tbl::oid);
+	PERFORM kafka.drop_row_filter(tbl);
 END
 $$;
 
@@ -658,7 +856,7 @@ BEGIN
 		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
 	LOOP
 		DELETE FROM kafka.publication WHERE relid = dropped;
-		EXECUTE format('DROP FUNCTION IF EXISTS kafka.%I(anyelement)', 'row_filter_' || dropped);
+		PERFORM kafka.drop_row_filter(dropped);
 	END LOOP;
 END
 $$;
@@ -675,6 +873,11 @@ REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.column_names(regclass, int2[], text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.drop_row_filter(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.make_row_filter(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.bind_publication() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.follow_renamed_columns() FROM PUBLIC;
 
 /*
  * Per partition, the highest offset at which the worker has recorded a

@@ -51,13 +51,24 @@ SET statement_timeout = '200ms';
 SELECT kafka_wait(:id, '1 minute');
 RESET statement_timeout;
 
--- EXECUTE is enough: the status tables need no grant
+-- EXECUTE is enough to wait for a role's own messages: the status tables
+-- need no grant; another role's messages are refused, but to members of
+-- pg_monitor
 CREATE ROLE kafka_waiter;
-GRANT EXECUTE ON FUNCTION kafka_wait(bigint, interval) TO kafka_waiter;
+GRANT EXECUTE ON FUNCTION kafka_wait(bigint, interval),
+	kafka_send(text, "any", "any", integer, jsonb) TO kafka_waiter;
+SET ROLE kafka_waiter;
+SELECT kafka_send('wait_own', 'mine') AS own \gset
+SELECT kafka_wait(:own, '10 milliseconds');
+SELECT kafka_wait(:id, '10 milliseconds');
+RESET ROLE;
+GRANT pg_monitor TO kafka_waiter;
 SET ROLE kafka_waiter;
 SELECT kafka_wait(:id, '10 milliseconds');
 RESET ROLE;
-REVOKE ALL ON FUNCTION kafka_wait(bigint, interval) FROM kafka_waiter;
+REVOKE pg_monitor FROM kafka_waiter;
+REVOKE ALL ON FUNCTION kafka_wait(bigint, interval),
+	kafka_send(text, "any", "any", integer, jsonb) FROM kafka_waiter;
 DROP ROLE kafka_waiter;
 
 -- kafka_stats(): the worker's counters beside librdkafka's statistics

@@ -101,6 +101,7 @@ typedef struct KpSendCache
 typedef struct KpBufferedMessage
 {
 	SubTransactionId subid;
+	Oid			enqueued_by;
 	int64		id;				/* 0 until assign_buffered_ids() */
 	text	   *topic;			/* the three in the same allocation */
 	bytea	   *key;			/* NULL: no key */
@@ -561,6 +562,7 @@ outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
 	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[OUTBOX_ENQUEUED_BY] = ObjectIdGetDatum(GetUserId());
 }
 
 /*
@@ -620,6 +622,7 @@ kp_enqueue_buffered(KpNewMessage *msg)
 	buffered_msg = (KpBufferedMessage *) space;
 	space += MAXALIGN(sizeof(KpBufferedMessage));
 	buffered_msg->subid = GetCurrentSubTransactionId();
+	buffered_msg->enqueued_by = GetUserId();
 	buffered_msg->id = 0;
 	buffered_msg->topic = copy_bytes(msg->topic, &space);
 	buffered_msg->key = msg->key ? copy_bytes(msg->key, &space) : NULL;
@@ -725,6 +728,7 @@ insert_batch_row(Relation rel, KpIndexes *indexes, TimestampTz enqueued_at,
 	values[BATCH_KEYS] = bytea_array(msgs, count, true);
 	values[BATCH_VALUES] = bytea_array(msgs, count, false);
 	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
+	values[BATCH_ENQUEUED_BY] = ObjectIdGetDatum(msgs[0]->enqueued_by);
 	kp_insert_row(rel, indexes, values, nulls, NULL);
 	pfree(DatumGetPointer(values[BATCH_KEYS]));
 	pfree(DatumGetPointer(values[BATCH_VALUES]));
@@ -754,6 +758,7 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 			(msgs[i]->id != msgs[i - 1]->id + 1 ||
 			 !datum_image_eq(PointerGetDatum(msgs[i]->topic),
 							 PointerGetDatum(msgs[first]->topic), false, -1) ||
+			 msgs[i]->enqueued_by != msgs[first]->enqueued_by ||
 			 i - first == KP_BATCH_ROW_MESSAGES ||
 			 bytes + share > KP_BATCH_ROW_BYTES))
 		{

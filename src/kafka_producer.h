@@ -27,6 +27,8 @@
 #include "utils/snapshot.h"
 
 #define KP_EXTENSION_NAME "kafka_producer"
+/* the version of the SQL objects this library works with */
+#define KP_EXTENSION_VERSION "0.2.0"
 #define KP_SCHEMA_NAME "kafka"
 
 /* Kafka's limit on the length of a topic name */
@@ -333,6 +335,7 @@ typedef enum KpOutboxColumn
 	OUTBOX_ATTEMPTS,
 	OUTBOX_LAST_ERROR,
 	OUTBOX_ENQUEUED_AT,
+	OUTBOX_ENQUEUED_BY,
 	OUTBOX_NATTS
 } KpOutboxColumn;
 
@@ -344,6 +347,7 @@ typedef enum KpBatchColumn
 	BATCH_KEYS,
 	BATCH_VALUES,
 	BATCH_ENQUEUED_AT,
+	BATCH_ENQUEUED_BY,
 	BATCH_NATTS
 } KpBatchColumn;
 
@@ -407,7 +411,11 @@ extern void kp_batch_open(KpBatchWriter *writer, Relation rel,
 extern struct TupleTableSlot *kp_batch_next_slot(KpBatchWriter *writer);
 extern void kp_batch_added(KpBatchWriter *writer);
 extern void kp_batch_close(KpBatchWriter *writer);
-extern bool kp_outbox_present(void);
+extern char *kp_extension_version(void);
+extern bool kp_extension_ready(void);
+
+/* delivery_hold.c */
+extern bool kp_delivery_held(void);
 extern void kp_outbox_apply_moves(void);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);

@@ -16,11 +16,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -95,25 +98,31 @@ wait_deadline(Interval *timeout)
 }
 
 /*
- * The status of one message, read with a new snapshot.  A message that the
- * current transaction enqueued would keep its caller waiting for ever.
+ * The status of one message, read with a new snapshot, as the extension's
+ * owner; caller must have enqueued it, or see every role's messages.  A
+ * message of a batch row that is not deleted yet is pending.  A message
+ * that the current transaction enqueued would keep its caller waiting for
+ * ever.
  */
 static char *
-message_status(int64 id)
+message_status(int64 id, Oid caller)
 {
 	Oid			argtypes[] = {INT8OID};
 	Datum		args[] = {Int64GetDatum(id)};
 	bool		isnull;
 	Datum		xmin;
+	Datum		enqueued_by;
 
-	if (SPI_execute_with_args("SELECT status, (SELECT xmin FROM kafka.outbox WHERE id = $1 "
-							  "  UNION ALL SELECT xmin FROM kafka.outbox_batch "
+	if (SPI_execute_with_args("SELECT status, xmin, enqueued_by FROM ("
+							  "  SELECT 1, 'pending', xmin, enqueued_by FROM kafka.outbox WHERE id = $1 "
+							  "  UNION ALL SELECT 1, 'pending', xmin, enqueued_by FROM kafka.outbox_batch "
 							  "  WHERE first_id > $1 - " CppAsString2(KP_BATCH_ROW_MESSAGES) " AND first_id <= $1 "
-							  "    AND first_id + cardinality(keys) > $1) "
-							  "FROM (SELECT CASE WHEN kafka.any_pending($1, $1) THEN 'pending' "
-							  "  ELSE (SELECT status FROM kafka.messages "
-							  "        WHERE id = $1 AND status <> 'pending') END) AS s(status) "
-							  "WHERE status IS NOT NULL",
+							  "    AND first_id + cardinality(keys) > $1 "
+							  "  UNION ALL SELECT 2, 'delivered', NULL::xid, enqueued_by "
+							  "  FROM kafka.delivered WHERE id = $1 "
+							  "  UNION ALL SELECT 2, 'failed', NULL::xid, enqueued_by "
+							  "  FROM kafka.failed WHERE id = $1) AS m(rank, status, xmin, enqueued_by) "
+							  "ORDER BY rank LIMIT 1",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the status of Kafka message " INT64_FORMAT,
 			 id);
@@ -122,6 +131,15 @@ message_status(int64 id)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("Kafka message " INT64_FORMAT " does not exist", id),
 				 errhint("Delivered messages are removed after kafka.status_retention.")));
+	enqueued_by = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+								&isnull);
+	if ((isnull || DatumGetObjectId(enqueued_by) != caller) &&
+		!has_privs_of_role(caller, ROLE_PG_MONITOR))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for Kafka message " INT64_FORMAT, id),
+				 errdetail("It was enqueued by another role."),
+				 errhint("Members of pg_monitor may wait for every role's messages.")));
 	xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 						 &isnull);
 	if (!isnull &&
@@ -150,15 +168,17 @@ check_can_wait(FunctionCallInfo fcinfo, int timeout_arg)
 }
 
 /*
- * Calls is_final, each time with a new snapshot, until it returns true or
- * the deadline passes; sleeps in between until the worker records more
- * outcomes.  Returns is_final's last answer.
+ * Calls is_final, each time with a new snapshot and as the extension's
+ * owner, until it returns true or the deadline passes; sleeps in between
+ * until the worker records more outcomes.  Returns is_final's last answer.
  */
 static bool
 wait_until_final(bool (*is_final) (void *arg), void *arg, TimestampTz deadline)
 {
 	bool		final;
+	KpSavedUser saved;
 
+	kp_begin_as_owner(&saved);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	for (;;)
@@ -170,12 +190,14 @@ wait_until_final(bool (*is_final) (void *arg), void *arg, TimestampTz deadline)
 			break;
 	}
 	SPI_finish();
+	kp_end_as_owner(&saved);
 	return final;
 }
 
 typedef struct KpWaitForMessage
 {
 	int64		id;
+	Oid			caller;
 	char		status[16];
 } KpWaitForMessage;
 
@@ -184,7 +206,7 @@ message_is_final(void *arg)
 {
 	KpWaitForMessage *wait = arg;
 
-	strlcpy(wait->status, message_status(wait->id), sizeof(wait->status));
+	strlcpy(wait->status, message_status(wait->id, wait->caller), sizeof(wait->status));
 	return strcmp(wait->status, "pending") != 0;
 }
 
@@ -203,6 +225,7 @@ kafka_wait(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("message id must not be null")));
 	wait.id = PG_GETARG_INT64(0);
+	wait.caller = GetUserId();
 	wait_until_final(message_is_final, &wait,
 					 wait_deadline(PG_GETARG_INTERVAL_P(1)));
 	PG_RETURN_TEXT_P(cstring_to_text(wait.status));

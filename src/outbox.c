@@ -28,6 +28,7 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -93,16 +94,34 @@ kp_relation_oid(const char *name)
 	return relid;
 }
 
-/* Opens kafka.<name>, checking that it still has the expected shape. */
+/*
+ * Opens kafka.<name>, checking that it still has the expected shape: it
+ * has not, in a database whose extension is older than the library.
+ */
 static Relation
 open_table(const char *name, int natts, LOCKMODE lockmode)
 {
 	Relation	rel = table_open(kp_relation_oid(name), lockmode);
+	char	   *version;
 
-	if (RelationGetDescr(rel)->natts != natts)
-		elog(ERROR, "%s.%s has %d columns, expected %d", KP_SCHEMA_NAME, name,
-			 RelationGetDescr(rel)->natts, natts);
-	return rel;
+	if (RelationGetDescr(rel)->natts == natts)
+		return rel;
+	version = kp_extension_version();
+	if (version != NULL && strcmp(version, KP_EXTENSION_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" must be updated to version %s",
+						KP_EXTENSION_NAME, KP_EXTENSION_VERSION),
+				 errdetail("This database has version %s of its SQL objects; the server runs version %s of its library.",
+						   version, KP_EXTENSION_VERSION),
+				 errhint("Run ALTER EXTENSION %s UPDATE.", KP_EXTENSION_NAME)));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("relation \"%s.%s\" of extension \"%s\" has %d columns, expected %d",
+					KP_SCHEMA_NAME, name, KP_EXTENSION_NAME,
+					RelationGetDescr(rel)->natts, natts),
+			 errhint("Drop and create the extension again.")));
+	return NULL;				/* not reached */
 }
 
 /*
@@ -206,10 +225,43 @@ kp_indexes_close(KpIndexes *indexes)
 		index_close(indexes->indexes[i], RowExclusiveLock);
 }
 
-bool
-kp_outbox_present(void)
+/* The extension's version in this database; NULL where it is not created. */
+char *
+kp_extension_version(void)
 {
-	return OidIsValid(get_extension_oid(KP_EXTENSION_NAME, true));
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum(KP_EXTENSION_NAME));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		datum = heap_getattr(tuple, Anum_pg_extension_extversion,
+										 RelationGetDescr(rel), &isnull);
+
+		version = TextDatumGetCString(datum);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Whether the extension is created in this database, at the version of
+ * its SQL objects that this library works with.
+ */
+bool
+kp_extension_ready(void)
+{
+	char	   *version = kp_extension_version();
+
+	return version != NULL && strcmp(version, KP_EXTENSION_VERSION) == 0;
 }
 
 rd_kafka_headers_t *
@@ -602,6 +654,7 @@ typedef enum KpDeliveredColumn
 	DELIVERED_ATTEMPTS,
 	DELIVERED_ENQUEUED_AT,
 	DELIVERED_AT,
+	DELIVERED_ENQUEUED_BY,
 	DELIVERED_NATTS
 } KpDeliveredColumn;
 
@@ -704,6 +757,8 @@ typedef struct KpDeliveredMessage
 	bool		key_isnull;
 	int32		attempts;		/* before this one */
 	Datum		enqueued_at;
+	Datum		enqueued_by;
+	bool		enqueued_by_isnull;
 } KpDeliveredMessage;
 
 /* Adds the delivery record of msg, reported delivered by report. */
@@ -730,6 +785,8 @@ delivered_writer_add(KpBatchWriter *writer, KpDeliveredMessage *msg,
 	values[DELIVERED_ENQUEUED_AT] = msg->enqueued_at;
 	values[DELIVERED_AT] =
 		TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[DELIVERED_ENQUEUED_BY] = msg->enqueued_by;
+	nulls[DELIVERED_ENQUEUED_BY] = msg->enqueued_by_isnull;
 	kp_recorded_offsets_note(msg->topic, report->partition, report->offset);
 	ExecStoreVirtualTuple(slot);
 	/* the outbox row's buffer is released before the chunk is written */
@@ -911,6 +968,8 @@ move_to_outbox(KpRecording *rec, int64 id, KpDeliveredMessage *msg,
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
 	values[OUTBOX_ENQUEUED_AT] = msg->enqueued_at;
+	values[OUTBOX_ENQUEUED_BY] = msg->enqueued_by;
+	nulls[OUTBOX_ENQUEUED_BY] = msg->enqueued_by_isnull;
 	kp_insert_row(rec->outbox, &rec->outbox_indexes, values, nulls, &tid);
 	/* a report still to come must find the message where it now is */
 	if (kp_producer_is_in_flight(id))
@@ -961,6 +1020,8 @@ record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
 	msg.topic = row->tts_values[BATCH_TOPIC];
 	msg.attempts = 0;
 	msg.enqueued_at = row->tts_values[BATCH_ENQUEUED_AT];
+	msg.enqueued_by = row->tts_values[BATCH_ENQUEUED_BY];
+	msg.enqueued_by_isnull = row->tts_isnull[BATCH_ENQUEUED_BY];
 	if (delivered < count)
 		batch_row_values(row, count, &values, &value_nulls);
 	for (int i = 0; i < count; i++)
@@ -1125,6 +1186,8 @@ record_delivered(KpReportBuffer *buf, int count)
 		msg.key_isnull = outbox_row->tts_isnull[OUTBOX_KEY];
 		msg.attempts = DatumGetInt32(outbox_row->tts_values[OUTBOX_ATTEMPTS]);
 		msg.enqueued_at = outbox_row->tts_values[OUTBOX_ENQUEUED_AT];
+		msg.enqueued_by = outbox_row->tts_values[OUTBOX_ENQUEUED_BY];
+		msg.enqueued_by_isnull = outbox_row->tts_isnull[OUTBOX_ENQUEUED_BY];
 		delivered_writer_add(&writer, &msg, report);
 		ExecClearTuple(outbox_row);
 		ids[recorded++] = report->id;
@@ -1172,11 +1235,11 @@ record_failures(KpReportBuffer *buf, int count)
 				 "gone AS (DELETE FROM kafka.outbox o USING r WHERE o.id = r.id "
 				 "    AND (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5)) "
 				 "  RETURNING o.id, o.topic, o.key, o.value, o.headers, o.\"partition\", "
-				 "    o.attempts + 1, r.code, r.msg, o.enqueued_at), "
+				 "    o.attempts + 1, r.code, r.msg, o.enqueued_at, now(), o.enqueued_by), "
 				 "failed AS (INSERT INTO kafka.failed "
 				 "  (id, topic, key, value, headers, \"partition\", attempts, error_code, "
-				 "   error, enqueued_at, failed_at) "
-				 "  SELECT *, now() FROM gone RETURNING id), "
+				 "   error, enqueued_at, failed_at, enqueued_by) "
+				 "  SELECT * FROM gone RETURNING id), "
 				 "retried AS (UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
 				 "  last_error = r.code || ': ' || r.msg "
 				 "  FROM r WHERE o.id = r.id "

@@ -31,6 +31,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -39,6 +40,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -198,6 +200,26 @@ prepare_avro(KpPublication *pub, Relation rel)
 	pub->avro_source.table = pstrdup(RelationGetRelationName(rel));
 }
 
+/*
+ * The row filter runs as the table's owner: it must be the owner's own
+ * function, which the owner may execute.
+ */
+static void
+check_filter(Oid filter, Relation rel)
+{
+	Oid			owner = RelationGetForm(rel)->relowner;
+
+	if (!pg_proc_ownercheck(filter, owner) ||
+		pg_proc_aclcheck(filter, owner, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("row filter of published table \"%s\" is not its owner's to execute",
+						RelationGetRelationName(rel)),
+				 errdetail("Function %s is owned by another role, or its owner may not execute it.",
+						   format_procedure(filter)),
+				 errhint("Run kafka_publish() again to make the filter anew.")));
+}
+
 /* The column encoders, names and "source" constants for rel's columns. */
 static void
 prepare_columns(KpPublication *pub, Relation rel)
@@ -244,6 +266,7 @@ prepare_columns(KpPublication *pub, Relation rel)
 		prepare_avro(pub, rel);
 	if (OidIsValid(pub->filter))
 	{
+		check_filter(pub->filter, rel);
 		/* the function is polymorphic: its call says the argument's type */
 		fmgr_info_cxt(pub->filter, &pub->filter_call, pub->context);
 		pub->filter_call.fn_expr = (Node *)

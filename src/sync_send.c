@@ -96,6 +96,7 @@ typedef struct KpSyncMessage
 {
 	int64		id;
 	TimestampTz enqueued_at;
+	Oid			enqueued_by;
 	int32		partition;
 	int32		key_len;		/* -1: no key */
 	int32		value_len;		/* -1: a tombstone */
@@ -188,6 +189,7 @@ write_message(KpNewMessage *msg, int64 id, dsm_segment **segment)
 	}
 	out->id = id;
 	out->enqueued_at = GetCurrentTimestamp();
+	out->enqueued_by = GetUserId();
 	out->partition = msg->partition;
 	out->key_len = key_len;
 	out->value_len = value_len;
@@ -397,6 +399,7 @@ typedef struct KpSyncSent
 	uint64		request;
 	int64		id;
 	TimestampTz enqueued_at;
+	Oid			enqueued_by;
 	Jsonb	   *headers;		/* kept for kafka.failed */
 } KpSyncSent;
 
@@ -573,6 +576,7 @@ take_request(int procno)
 	sent->request = request;
 	sent->id = msg->id;
 	sent->enqueued_at = msg->enqueued_at;
+	sent->enqueued_by = msg->enqueued_by;
 	send_message(sent, msg);
 	pfree(msg);
 }
@@ -670,8 +674,8 @@ static void
 record_outcome(KpSyncOutcome *outcome)
 {
 	bool		delivered = outcome->err == RD_KAFKA_RESP_ERR_NO_ERROR;
-	Datum		args[10];
-	char		nulls[10];
+	Datum		args[11];
+	char		nulls[11];
 	int			rc;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -683,20 +687,21 @@ record_outcome(KpSyncOutcome *outcome)
 	nulls[3] = outcome->partition < 0 ? 'n' : ' ';
 	args[4] = TimestampTzGetDatum(outcome->sent->enqueued_at);
 	args[5] = TimestampTzGetDatum(outcome->at);
+	args[6] = ObjectIdGetDatum(outcome->sent->enqueued_by);
 	if (delivered)
 	{
-		args[6] = Int64GetDatum(outcome->offset);
-		nulls[6] = outcome->offset < 0 ? 'n' : ' ';
+		args[7] = Int64GetDatum(outcome->offset);
+		nulls[7] = outcome->offset < 0 ? 'n' : ' ';
 		rc = SPI_execute_plan(delivered_plan, args, nulls, false, 0);
 	}
 	else
 	{
-		args[6] = PointerGetDatum(outcome->value);
-		nulls[6] = outcome->value ? ' ' : 'n';
-		args[7] = PointerGetDatum(outcome->sent->headers);
-		nulls[7] = outcome->sent->headers ? ' ' : 'n';
-		args[8] = CStringGetTextDatum(rd_kafka_err2name(outcome->err));
-		args[9] = CStringGetTextDatum(rd_kafka_err2str(outcome->err));
+		args[7] = PointerGetDatum(outcome->value);
+		nulls[7] = outcome->value ? ' ' : 'n';
+		args[8] = PointerGetDatum(outcome->sent->headers);
+		nulls[8] = outcome->sent->headers ? ' ' : 'n';
+		args[9] = CStringGetTextDatum(rd_kafka_err2name(outcome->err));
+		args[10] = CStringGetTextDatum(rd_kafka_err2str(outcome->err));
 		rc = SPI_execute_plan(failed_plan, args, nulls, false, 0);
 	}
 	if (rc != SPI_OK_INSERT)
@@ -709,21 +714,21 @@ static void
 prepare_plans(void)
 {
 	Oid			delivered_types[] = {INT8OID, TEXTOID, BYTEAOID, INT4OID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
+	TIMESTAMPTZOID, TIMESTAMPTZOID, REGROLEOID, INT8OID};
 	Oid			failed_types[] = {INT8OID, TEXTOID, BYTEAOID, INT4OID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID};
+	TIMESTAMPTZOID, TIMESTAMPTZOID, REGROLEOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID};
 
 	if (delivered_plan != NULL)
 		return;
 	delivered_plan = SPI_prepare("INSERT INTO kafka.delivered (id, topic, key, \"partition\", "
-								 "  \"offset\", attempts, enqueued_at, delivered_at) "
-								 "VALUES ($1, $2, $3, $4, $7, 1, $5, $6)",
-								 7, delivered_types);
+								 "  \"offset\", attempts, enqueued_at, delivered_at, enqueued_by) "
+								 "VALUES ($1, $2, $3, $4, $8, 1, $5, $6, $7)",
+								 8, delivered_types);
 	failed_plan = SPI_prepare("INSERT INTO kafka.failed (id, topic, key, \"partition\", "
 							  "  enqueued_at, failed_at, value, headers, attempts, "
-							  "  error_code, error) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)",
-							  10, failed_types);
+							  "  error_code, error, enqueued_by) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $8, $9, 1, $10, $11, $7)",
+							  11, failed_types);
 	if (delivered_plan == NULL || failed_plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(delivered_plan);

@@ -348,7 +348,7 @@ kp_topic_config_load(void)
 	initStringInfo(&fingerprint);
 	MemoryContextSwitchTo(old);
 
-	if (kp_outbox_present() &&
+	if (kp_extension_ready() &&
 		SPI_execute("SELECT topic, properties FROM kafka.topic_config ORDER BY topic",
 					true, 0) == SPI_OK_SELECT)
 	{

@@ -215,29 +215,46 @@ wait_for_database(void)
 
 static bool extension_present;
 
+/* what the worker waits for, in words; in TopMemoryContext */
+static char *extension_awaited = NULL;
+
 static void
 check_extension_step(void)
 {
+	char	   *version;
+	char	   *awaited;
+
 	begin_transaction("checking for the extension");
-	extension_present = kp_outbox_present();
+	version = kp_extension_version();
+	extension_present = version != NULL && strcmp(version, KP_EXTENSION_VERSION) == 0;
+	awaited = version == NULL ? "CREATE EXTENSION kafka_producer" :
+		psprintf("ALTER EXTENSION kafka_producer UPDATE (it is at version %s, the library at %s)",
+				 version, KP_EXTENSION_VERSION);
+	if (extension_awaited == NULL || strcmp(awaited, extension_awaited) != 0)
+	{
+		if (!extension_present)
+			ereport(LOG,
+					(errmsg("kafka_producer worker is waiting for %s in database \"%s\"",
+							awaited, kp_database)));
+		if (extension_awaited != NULL)
+			pfree(extension_awaited);
+		extension_awaited = MemoryContextStrdup(TopMemoryContext, awaited);
+	}
 	end_transaction();
 }
 
-/* Waits quietly until CREATE EXTENSION kafka_producer has run. */
+/*
+ * Waits quietly until the extension is created, at the version of this
+ * library: a database still at an older one keeps its messages until
+ * ALTER EXTENSION ... UPDATE.
+ */
 static void
 wait_for_extension(void)
 {
-	bool		logged = false;
-
 	while (!ShutdownRequestPending)
 	{
 		if (run_guarded(check_extension_step) && extension_present)
 			return;
-		if (!logged)
-			ereport(LOG,
-					(errmsg("kafka_producer worker is waiting for CREATE EXTENSION kafka_producer in database \"%s\"",
-							kp_database)));
-		logged = true;
 		wait_for_events(KP_IDLE_WAIT_MS);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -262,7 +279,7 @@ record_step(void)
 {
 	sync_recorded = 0;
 	begin_transaction("recording deliveries");
-	extension_present = kp_outbox_present();
+	extension_present = kp_extension_ready();
 	if (!extension_present)
 	{
 		end_transaction();
@@ -371,7 +388,7 @@ static void
 reconcile_step(void)
 {
 	begin_transaction("reconciling pending messages with Kafka");
-	extension_present = kp_outbox_present();
+	extension_present = kp_extension_ready();
 	reconciled = !extension_present || kp_reconcile();
 	end_transaction();
 }
@@ -388,8 +405,8 @@ send_step(void)
 	floor = kp_committing_scan_floor(GetActiveSnapshot());
 	send_from = Min(send_from, floor - 1);
 	send_last = send_from;
-	extension_present = kp_outbox_present();
-	if (extension_present)
+	extension_present = kp_extension_ready();
+	if (extension_present && !kp_delivery_held())
 		send_last = kp_outbox_send_batch(send_from,
 										 KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
 										 &reports, &queue_full, &held_back);
