@@ -3,11 +3,15 @@ EXTENSION = kafka_producer
 MODULE_big = kafka_producer
 OBJS = \
 	src/kafka_producer.o \
-	src/guc.o \
+	src/settings.o \
+	src/producer_settings.o \
 	src/shmem.o \
 	src/committing.o \
 	src/recorded_offsets.o \
 	src/reconcile.o \
+	src/tables.o \
+	src/wait.o \
+	src/message.o \
 	src/drop_guard.o \
 	src/delivery_hold.o \
 	src/publish_admin.o \

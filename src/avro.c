@@ -371,12 +371,13 @@ envelope_json(KpAvroSchema *envelope, const char *name, bool canonical)
 					 "{\"name\":\"schema\",\"type\":\"string\"},"
 					 "{\"name\":\"table\",\"type\":\"string\"},"
 					 "{\"name\":\"txId\",\"type\":\"long\"},"
-					 "{\"name\":\"lsn\",\"type\":\"long\"}]}},"
+					 "{\"name\":\"lsn\",\"type\":\"long\"},"
+					 "{\"name\":\"xmin\",\"type\":[\"null\",\"long\"]%s}]}},"
 					 "{\"name\":\"op\",\"type\":\"string\"},"
 					 "{\"name\":\"ts_ms\",\"type\":\"long\"}]}",
 					 name, schema_json(envelope->row, row_record_name, canonical),
 					 nullable_default, row_record_name, nullable_default,
-					 KP_AVRO_NAMESPACE);
+					 KP_AVRO_NAMESPACE, nullable_default);
 	return out.data;
 }
 
@@ -587,6 +588,44 @@ uint64
 kp_avro_schema_fingerprint(KpAvroSchema *schema)
 {
 	return schema->fingerprint;
+}
+
+/*
+ * A fingerprint's 8 bytes as single-object encoding and kafka.schemas
+ * keep them: little-endian.
+ */
+void
+kp_avro_fingerprint_put(uint64 fingerprint, char *out)
+{
+	for (int i = 0; i < 8; i++)
+		out[i] = (fingerprint >> (8 * i)) & 0xff;
+}
+
+uint64
+kp_avro_fingerprint_get(const char *in)
+{
+	uint64		fingerprint = 0;
+
+	for (int i = 0; i < 8; i++)
+		fingerprint |= (uint64) (unsigned char) in[i] << (8 * i);
+	return fingerprint;
+}
+
+bytea *
+kp_avro_fingerprint_bytea(uint64 fingerprint)
+{
+	bytea	   *result = palloc(VARHDRSZ + 8);
+
+	SET_VARSIZE(result, VARHDRSZ + 8);
+	kp_avro_fingerprint_put(fingerprint, VARDATA(result));
+	return result;
+}
+
+/* subject holds KP_SUBJECT_MAX bytes */
+void
+kp_avro_subject(char *subject, const char *topic, bool is_key)
+{
+	snprintf(subject, KP_SUBJECT_MAX, "%s-%s", topic, is_key ? "key" : "value");
 }
 
 /* ---------------------------------------------------------------------
@@ -1034,7 +1073,8 @@ typedef enum KpSourceMember
 	SOURCE_SCHEMA,
 	SOURCE_TABLE,
 	SOURCE_TXID,
-	SOURCE_LSN
+	SOURCE_LSN,
+	SOURCE_XMIN					/* always null, as in the JSON envelope */
 } KpSourceMember;
 
 static void
@@ -1060,6 +1100,17 @@ set_string_member(avro_value_t *record, int member, const char *value)
 
 	check_avro(avro_value_get_by_index(record, member, &field, NULL));
 	set_string_in_place(&field, value);
+}
+
+static void
+set_null_member(avro_value_t *record, int member)
+{
+	avro_value_t field;
+	avro_value_t branch;
+
+	check_avro(avro_value_get_by_index(record, member, &field, NULL));
+	check_avro(avro_value_set_branch(&field, 0, &branch));
+	check_avro(avro_value_set_null(&branch));
 }
 
 static void
@@ -1097,6 +1148,7 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 		set_string_member(&record, SOURCE_DB, source->db);
 		set_string_member(&record, SOURCE_SCHEMA, source->schema);
 		set_string_member(&record, SOURCE_TABLE, source->table);
+		set_null_member(&record, SOURCE_XMIN);
 		envelope->source_set = true;
 	}
 	set_long_member(&record, SOURCE_TS_MS, source->ts_ms);

@@ -14,6 +14,8 @@
 #include "access/htup.h"
 #include "utils/relcache.h"
 
+#include "kafka_producer.h"
+
 /* the namespace every derived schema's name starts with */
 #define KP_AVRO_NAMESPACE "kafka_producer"
 
@@ -35,6 +37,14 @@ typedef struct KpAvroSource
 
 /* single-object encoding: 0xC3 0x01 and the 8-byte fingerprint */
 #define KP_SINGLE_OBJECT_HEADER 10
+
+/* a topic's subject, <topic>-key or <topic>-value, and its largest size */
+#define KP_SUBJECT_MAX (KP_TOPIC_NAME_MAX + sizeof("-value"))
+extern void kp_avro_subject(char *subject, const char *topic, bool is_key);
+
+extern void kp_avro_fingerprint_put(uint64 fingerprint, char *out);
+extern uint64 kp_avro_fingerprint_get(const char *in);
+extern bytea *kp_avro_fingerprint_bytea(uint64 fingerprint);
 
 extern KpAvroSchema *kp_avro_schema(Oid typid, bool is_key);
 extern KpAvroSchema *kp_avro_row_schema(Relation rel, const bool *include,

@@ -134,7 +134,7 @@ kp_commit_wait(int64 first_id, int64 last_id)
 {
 	KpCommitWaiter *slot = &waiters->slots[MyProc->pgprocno];
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   kp_guc_message_timeout_ms());
+													   kp_producer_message_timeout_ms());
 	int64		failed = 0;
 	char		first_error[KP_LAST_ERROR_LEN];
 	bool		done = false;
@@ -157,9 +157,10 @@ kp_commit_wait(int64 first_id, int64 last_id)
 
 	if (done && failed > 0)
 		ereport(WARNING,
-				(errmsg("%lld Kafka messages of the committed transaction failed",
-						(long long) failed),
-				 errdetail("First error: %s", first_error),
+				(errmsg_plural("%lld Kafka message of the committed transaction failed",
+							   "%lld Kafka messages of the committed transaction failed",
+							   failed, (long long) failed),
+				 errdetail("The first error was: %s.", first_error),
 				 errhint("The messages are in kafka.messages with status 'failed'; kafka_retry() sends them again.")));
 	else if (!done)
 	{

@@ -50,38 +50,8 @@ PG_FUNCTION_INFO_V1(kafka_check_topic_name);
 
 
 /*
- * What librdkafka adds to key, value and headers when it checks a message
- * against message.max.bytes: the record's varint fields (Kafka's record
- * format v2), and a key and a value length for each header.
- */
-#define KP_RECORD_OVERHEAD (5 + 1 + 10 + 5 + 5 + 5 + 5)
-#define KP_HEADER_OVERHEAD (5 + 5)
-
-/* How a key or value argument of a given type becomes bytes. */
-typedef enum KpArgKind
-{
-	KP_ARG_BYTES,				/* bytea: sent as is */
-	KP_ARG_TEXT,				/* text, varchar: UTF-8 */
-	KP_ARG_CSTRING,				/* an untyped literal */
-	KP_ARG_OUTPUT				/* anything else: its text output, UTF-8 */
-} KpArgKind;
-
-typedef struct KpArgEncoder
-{
-	Oid			typid;
-	KpArgKind	kind;
-	FmgrInfo	output;
-} KpArgEncoder;
-
-typedef struct KpSendCache
-{
-	KpArgEncoder value;
-	KpArgEncoder key;
-} KpSendCache;
-
-/*
  * Messages of triggers wait here, in TopTransactionContext, and go to
- * kafka.outbox_batch several to a row: when KP_BATCH_CHUNK are waiting, at
+ * kafka.outbox_batch several to a row: when KP_WRITE_CHUNK are waiting, at
  * the end of the statement (kp_enqueue_flush from a statement trigger) and
  * before commit.
  *
@@ -128,7 +98,6 @@ static bool xact_callback_registered = false;
 #define KP_MAX_SESSION_RANGES 1024
 static KpIdRange session_ranges[KP_MAX_SESSION_RANGES];
 static int	session_range_count = 0;
-static bool database_checked = false;
 
 static void
 remember_committed(int64 first, int64 last)
@@ -235,71 +204,11 @@ kp_enqueue_wake_at_commit(int64 id)
 		xact_last_id = id;
 }
 
-void
-kp_check_serving_database(void)
-{
-	char	   *current;
-
-	if (database_checked)
-		return;
-	kp_shmem_check_preloaded();
-	current = get_database_name(MyDatabaseId);
-	if (strcmp(current, kp_database) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("kafka_producer does not serve database \"%s\"", current),
-				 errdetail("Its worker delivers the messages of database \"%s\", named by kafka.database.",
-						   kp_database),
-				 errhint("Use kafka_producer in database \"%s\", or set kafka.database to \"%s\" and restart the server.",
-						 kp_database, current)));
-	database_checked = true;
-}
-
 Datum
 kafka_check_database(PG_FUNCTION_ARGS)
 {
 	kp_check_serving_database();
 	PG_RETURN_VOID();
-}
-
-Datum
-kafka_wake_worker(PG_FUNCTION_ARGS)
-{
-	kp_check_serving_database();
-	kp_enqueue_wake_at_commit(PG_GETARG_INT64(0));
-	PG_RETURN_VOID();
-}
-
-/* Kafka's rules for topic names: 1 to 249 of [a-zA-Z0-9._-], not . or .. */
-void
-kp_check_topic(text *topic)
-{
-	const char *name = VARDATA_ANY(topic);
-	int			len = VARSIZE_ANY_EXHDR(topic);
-
-	if (len == 0 || len > KP_TOPIC_NAME_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Kafka topic name \"%s\"", text_to_cstring(topic)),
-				 errdetail("A topic name has 1 to %d characters.", KP_TOPIC_NAME_MAX)));
-	if ((len == 1 && name[0] == '.') ||
-		(len == 2 && name[0] == '.' && name[1] == '.'))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Kafka topic name \"%s\"", text_to_cstring(topic)),
-				 errdetail("\".\" and \"..\" are reserved.")));
-	for (int i = 0; i < len; i++)
-	{
-		char		c = name[i];
-
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-			  (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid Kafka topic name \"%s\"",
-							text_to_cstring(topic)),
-					 errdetail("A topic name may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
-	}
 }
 
 Datum
@@ -309,128 +218,12 @@ kafka_check_topic_name(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* A JSON object whose values are strings or null: Kafka's headers. */
-static Size
-check_headers(Jsonb *headers)
+Datum
+kafka_wake_worker(PG_FUNCTION_ARGS)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
-	Size		size = 0;
-
-	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("Kafka headers must be a JSON object"),
-				 errhint("Pass headers as an object of strings, such as '{\"trace-id\": \"abc\"}'.")));
-
-	it = JsonbIteratorInit(&headers->root);
-	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (token == WJB_KEY)
-			size += KP_HEADER_OVERHEAD + v.val.string.len;
-		else if (token == WJB_VALUE)
-		{
-			if (v.type == jbvString)
-				size += v.val.string.len;
-			else if (v.type != jbvNull)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("Kafka header values must be strings or null"),
-						 errhint("Convert numbers and other JSON values to strings.")));
-		}
-	}
-	return size;
-}
-
-static void
-init_encoder(KpArgEncoder *enc, Oid typid, MemoryContext mcxt)
-{
-	Oid			outfunc;
-	bool		isvarlena;
-
-	enc->typid = typid;
-	switch (typid)
-	{
-		case BYTEAOID:
-			enc->kind = KP_ARG_BYTES;
-			break;
-		case TEXTOID:
-		case VARCHAROID:
-			enc->kind = KP_ARG_TEXT;
-			break;
-		case UNKNOWNOID:
-			enc->kind = KP_ARG_CSTRING;
-			break;
-		default:
-			enc->kind = KP_ARG_OUTPUT;
-			getTypeOutputInfo(typid, &outfunc, &isvarlena);
-			fmgr_info_cxt(outfunc, &enc->output, mcxt);
-			break;
-	}
-}
-
-static bytea *
-bytes_from_chars(const char *chars, int len, bool convert)
-{
-	char	   *utf8 = convert ? pg_server_to_any(chars, len, PG_UTF8) :
-		(char *) chars;
-	bytea	   *result;
-
-	if (utf8 != chars)
-		len = strlen(utf8);
-	result = (bytea *) palloc(VARHDRSZ + len);
-	SET_VARSIZE(result, VARHDRSZ + len);
-	memcpy(VARDATA(result), utf8, len);
-	return result;
-}
-
-/* The bytes Kafka receives for a key or value: text in UTF-8. */
-static bytea *
-encode_argument(KpArgEncoder *enc, Datum datum)
-{
-	bool		convert = GetDatabaseEncoding() != PG_UTF8;
-	text	   *txt;
-	char	   *str;
-
-	switch (enc->kind)
-	{
-		case KP_ARG_BYTES:
-			return DatumGetByteaPP(datum);
-		case KP_ARG_TEXT:
-			txt = DatumGetTextPP(datum);
-			if (!convert)
-				return (bytea *) txt;
-			return bytes_from_chars(VARDATA_ANY(txt), VARSIZE_ANY_EXHDR(txt),
-									true);
-		case KP_ARG_CSTRING:
-			str = DatumGetCString(datum);
-			return bytes_from_chars(str, strlen(str), convert);
-		case KP_ARG_OUTPUT:
-			str = OutputFunctionCall(&enc->output, datum);
-			return bytes_from_chars(str, strlen(str), convert);
-	}
-	pg_unreachable();
-}
-
-static KpSendCache *
-send_cache(FunctionCallInfo fcinfo)
-{
-	KpSendCache *cache = (KpSendCache *) fcinfo->flinfo->fn_extra;
-	Oid			value_type = get_fn_expr_argtype(fcinfo->flinfo, 1);
-	Oid			key_type = get_fn_expr_argtype(fcinfo->flinfo, 2);
-
-	if (cache == NULL)
-	{
-		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
-									   sizeof(KpSendCache));
-		fcinfo->flinfo->fn_extra = cache;
-	}
-	if (cache->value.typid != value_type)
-		init_encoder(&cache->value, value_type, fcinfo->flinfo->fn_mcxt);
-	if (cache->key.typid != key_type)
-		init_encoder(&cache->key, key_type, fcinfo->flinfo->fn_mcxt);
-	return cache;
+	kp_check_serving_database();
+	kp_enqueue_wake_at_commit(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
 }
 
 /* A block is first + 0 .. count - 1: nextval must step by 1, uncached. */
@@ -450,7 +243,7 @@ check_sequence_steps(Oid sequence)
 						KP_SCHEMA_NAME),
 				 errdetail("Its increment is " INT64_FORMAT " and its cache " INT64_FORMAT ".",
 						   form->seqincrement, form->seqcache),
-				 errhint("ALTER SEQUENCE %s.message_id_seq INCREMENT 1 CACHE 1;",
+				 errhint("Restore them with ALTER SEQUENCE %s.message_id_seq INCREMENT 1 CACHE 1.",
 						 KP_SCHEMA_NAME)));
 	ReleaseSysCache(tuple);
 }
@@ -505,35 +298,6 @@ insert_outbox_row(Datum *values, bool *nulls)
 	return id;
 }
 
-/*
- * Checks a message against Kafka's rules and kafka.message_max_bytes;
- * returns its size as librdkafka counts it.
- */
-Size
-kp_message_check(KpNewMessage *msg)
-{
-	Size		size = KP_RECORD_OVERHEAD;
-
-	kp_check_topic(msg->topic);
-	if (msg->value != NULL)
-		size += VARSIZE_ANY_EXHDR(msg->value);
-	if (msg->key != NULL)
-		size += VARSIZE_ANY_EXHDR(msg->key);
-	if (msg->headers != NULL)
-		size += check_headers(msg->headers);
-	/* the id header the worker adds, with the longest id */
-	if (kp_id_header != NULL && kp_id_header[0] != '\0')
-		size += KP_HEADER_OVERHEAD + strlen(kp_id_header) + MAXINT8LEN;
-	if (size > (Size) kp_message_max_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("Kafka message is too large"),
-				 errdetail("With key, headers and Kafka's record overhead it takes %zu bytes; kafka.message_max_bytes is %d.",
-						   size, kp_message_max_bytes),
-				 errhint("Raise kafka.message_max_bytes, and the topic's max.message.bytes on the brokers.")));
-	return size;
-}
-
 /* Whether msg may be enqueued here and now. */
 static void
 check_enqueue(KpNewMessage *msg)
@@ -558,7 +322,7 @@ outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
 	values[OUTBOX_HEADERS] = PointerGetDatum(msg->headers);
 	nulls[OUTBOX_HEADERS] = msg->headers == NULL;
 	values[OUTBOX_PARTITION] = Int32GetDatum(msg->partition);
-	nulls[OUTBOX_PARTITION] = msg->partition == RD_KAFKA_PARTITION_UA;
+	nulls[OUTBOX_PARTITION] = msg->partition == KP_PARTITION_ANY;
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
 	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
@@ -612,7 +376,7 @@ kp_enqueue_buffered(KpNewMessage *msg)
 	MemoryContext old;
 
 	check_enqueue(msg);
-	Assert(msg->headers == NULL && msg->partition == RD_KAFKA_PARTITION_UA);
+	Assert(msg->headers == NULL && msg->partition == KP_PARTITION_ANY);
 	/* to write what waits at commit, and drop what a subtransaction undoes */
 	register_callbacks();
 	space = MemoryContextAlloc(TopTransactionContext,
@@ -630,7 +394,7 @@ kp_enqueue_buffered(KpNewMessage *msg)
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	buffered = lappend(buffered, buffered_msg);
 	MemoryContextSwitchTo(old);
-	if (list_length(buffered) >= KP_BATCH_CHUNK)
+	if (list_length(buffered) >= KP_WRITE_CHUNK)
 		kp_enqueue_flush();
 }
 
@@ -833,45 +597,6 @@ enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 			pfree(msg);
 		}
 	}
-}
-
-/*
- * The topic, partition and headers of a message, from arguments 0, 3 and 4
- * (topic text, ..., partition int, headers jsonb) of the send functions.
- */
-void
-kp_message_options_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg)
-{
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("Kafka topic must not be null")));
-	msg->topic = PG_GETARG_TEXT_PP(0);
-	msg->partition = PG_ARGISNULL(3) ? RD_KAFKA_PARTITION_UA : PG_GETARG_INT32(3);
-	if (msg->partition < 0 && !PG_ARGISNULL(3))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("Kafka partition must not be negative"),
-				 errhint("Pass NULL to let the partitioner choose.")));
-	msg->headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
-}
-
-/*
- * The message described by the arguments (topic text, value "any",
- * key "any", partition int, headers jsonb) of kafka_send() and
- * kafka_send_sync().
- */
-void
-kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg)
-{
-	KpSendCache *cache;
-
-	kp_message_options_from_args(fcinfo, msg);
-	cache = send_cache(fcinfo);
-	msg->value = PG_ARGISNULL(1) ? NULL :
-		encode_argument(&cache->value, PG_GETARG_DATUM(1));
-	msg->key = PG_ARGISNULL(2) ? NULL :
-		encode_argument(&cache->key, PG_GETARG_DATUM(2));
 }
 
 /*

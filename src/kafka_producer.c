@@ -10,6 +10,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 
 #include "kafka_producer.h"
 
@@ -27,11 +28,13 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
-	/* the modules' own settings, before kp_guc_init reserves the prefix */
+	/* every module's settings, then no other kafka.* name */
+	kp_settings_init();
+	kp_producer_settings_init();
 	kp_drop_guard_init();
 	kp_commit_wait_init();
 	kp_schema_registry_init();
-	kp_guc_init();
+	MarkGUCPrefixReserved("kafka");
 	kp_shmem_init();
 	kp_committing_init();
 	kp_sync_init();

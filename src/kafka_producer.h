@@ -2,7 +2,8 @@
  *
  * kafka_producer.h
  *	  Declarations shared between the modules of the kafka_producer
- *	  extension: settings, shared state, the worker's producer and outbox.
+ *	  extension: settings, shared state, tables, messages.  What names
+ *	  the Kafka client's types is in delivery.h, for the delivery layer.
  *
  *-------------------------------------------------------------------------
  */
@@ -10,8 +11,6 @@
 #define KAFKA_PRODUCER_H
 
 #include "postgres.h"
-
-#include <librdkafka/rdkafka.h>
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -34,19 +33,22 @@
 /* Kafka's limit on the length of a topic name */
 #define KP_TOPIC_NAME_MAX 249
 
-/* guc.c: the kafka.* settings */
+/* no partition named: the producer's partitioner chooses */
+#define KP_PARTITION_ANY (-1)
+
+/* settings.c: the extension's own kafka.* settings */
 extern char *kp_database;
 extern int	kp_max_attempts;
 extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
 extern char *kp_id_header;
+extern void kp_settings_init(void);
 
-
-extern void kp_guc_init(void);
-extern int	kp_guc_message_timeout_ms(void);
-extern bool kp_guc_idempotence(void);
-extern rd_kafka_conf_t *kp_guc_producer_conf(char *errstr, size_t errstr_size);
-extern char *kp_guc_producer_fingerprint(void);
+/* producer_settings.c: the producer's kafka.* settings */
+extern void kp_producer_settings_init(void);
+extern int	kp_producer_message_timeout_ms(void);
+extern bool kp_producer_idempotence(void);
+extern char *kp_producer_settings_fingerprint(void);
 
 /*
  * shmem.c: state shared between backends and the worker.
@@ -63,7 +65,7 @@ extern char *kp_guc_producer_fingerprint(void);
 /* the worker's counters, shown by kafka_stats() */
 typedef enum KpCounter
 {
-	KP_COUNT_SENT,				/* messages handed to librdkafka */
+	KP_COUNT_SENT,				/* messages handed to the producer */
 	KP_COUNT_SENT_BYTES,		/* their keys and values */
 	KP_COUNT_DELIVERED,
 	KP_COUNT_FAILED,			/* refused for good */
@@ -132,13 +134,6 @@ extern void kp_recorded_offsets_hold(Datum topic, int32 partition,
 extern void kp_recorded_offsets_forget(void);
 extern void kp_recorded_offsets_save(void);
 
-/* reconcile.c: what Kafka holds of the pending messages */
-extern bool kp_reconcile(void);
-struct KpMessage;
-extern bool kp_reconcile_found(struct KpMessage *msg, int32 *partition,
-							   int64 *offset);
-extern void kp_reconcile_done(void);
-
 /* drop_guard.c: DROP EXTENSION keeps undelivered messages */
 extern void kp_drop_guard_init(void);
 
@@ -151,15 +146,6 @@ extern void kp_commit_wait_answer(void);
 
 /* sync_send.c: kafka_send_sync() */
 extern void kp_sync_init(void);
-extern bool kp_sync_requested(void);
-extern void kp_sync_send_requested(void);
-extern void kp_sync_poll(void);
-extern long kp_sync_in_flight(void);
-extern void kp_sync_stop(void);
-extern bool kp_sync_record_due(bool all);
-extern long kp_sync_ms_until_record(void);
-extern int	kp_sync_record(void);
-extern void kp_sync_forget_recorded(void);
 
 /* schema_registry.c: Avro messages in Confluent's wire format */
 typedef enum KpRegistryResult
@@ -174,6 +160,8 @@ extern char *kp_schema_registry_url;
 extern char *kp_schema_registry_user_info;
 extern void kp_schema_registry_init(void);
 extern bool kp_registry_enabled(void);
+extern bool kp_registry_in_flight(void);
+extern bool kp_registry_poll(void);
 extern KpRegistryResult kp_registry_frame(const char *topic, bool is_key,
 										  const char **data, size_t *len,
 										  const char **refusal);
@@ -182,13 +170,12 @@ extern KpRegistryResult kp_registry_frame(const char *topic, bool is_key,
 extern void kp_topic_config_load(void);
 extern bool kp_topic_config_changed(void);
 extern const char *kp_topic_config_fingerprint(void);
-extern rd_kafka_topic_conf_t *kp_topic_config_for(const char *topic);
 
-/* stats.c: librdkafka's statistics for SQL */
+/* stats.c: the producer's statistics for SQL */
 extern void kp_stats_save(const char *json);
 extern void kp_stats_clear(void);
 
-/* notify.c: NOTIFY kafka_delivery and kafka_wait() */
+/* notify.c: NOTIFY kafka_delivery */
 extern void kp_notify_ids(const char *status, int64 *ids, int count);
 
 /* enqueue.c: the transaction side of kafka_send() */
@@ -204,10 +191,13 @@ typedef struct KpNewMessage
 	text	   *topic;
 	bytea	   *key;			/* NULL: no key */
 	bytea	   *value;			/* NULL: a tombstone */
-	int32		partition;		/* RD_KAFKA_PARTITION_UA: the partitioner's */
+	int32		partition;		/* KP_PARTITION_ANY: the partitioner's */
 	Jsonb	   *headers;		/* NULL: no headers */
 } KpNewMessage;
 
+typedef void (*KpHeaderFunc) (const char *name, int name_len,
+							 const char *value, int value_len, void *arg);
+extern void kp_headers_each(Jsonb *headers, KpHeaderFunc each, void *arg);
 extern void kp_message_options_from_args(FunctionCallInfo fcinfo,
 										 KpNewMessage *msg);
 extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
@@ -224,104 +214,6 @@ extern void kp_check_serving_database(void);
 
 /* worker.c */
 extern void kp_worker_register(void);
-
-/* producer.c: the worker's librdkafka producer and what it has in flight */
-typedef enum KpOutcome
-{
-	KP_DELIVERED,				/* acknowledged by the broker */
-	KP_FAILED,					/* refused for good: record as failed */
-	KP_RETRIABLE,				/* transient failure: send again later */
-	KP_RETURNED					/* never sent (purged): send again, no attempt */
-} KpOutcome;
-
-typedef struct KpReport
-{
-	int64		id;
-	KpOutcome	outcome;
-	int32		partition;
-	int64		offset;			/* -1 when the broker gave none (acks=0) */
-	rd_kafka_resp_err_t err;
-	/* for a failure of our own, not Kafka's: what err would say */
-	const char *error_name;
-	const char *error_text;
-	/* delivered, its kafka.outbox_batch row waits for the others' reports */
-	bool		held;
-	/* recorded, or let go, with the rest of its kafka.outbox_batch row */
-	bool		done_with_batch;
-} KpReport;
-
-typedef struct KpReportBuffer
-{
-	KpReport   *reports;
-	int			count;
-	int			capacity;
-	MemoryContext texts;		/* the reports' error_name and error_text */
-} KpReportBuffer;
-
-/* which version of a kafka.outbox row was read, and where */
-typedef struct KpRowVersion
-{
-	ItemPointerData tid;
-	TransactionId xmin;			/* raw: kept by VACUUM FULL, new after UPDATE */
-	int64		batch_first_id; /* its kafka.outbox_batch row; 0: kafka.outbox */
-} KpRowVersion;
-
-typedef struct KpMessage
-{
-	int64		id;
-	KpRowVersion outbox_row;
-	const char *topic;
-	const char *key;
-	size_t		key_len;
-	const char *value;			/* NULL for a tombstone */
-	size_t		value_len;
-	rd_kafka_headers_t *headers;	/* ownership passes to the producer */
-	int32		partition;		/* RD_KAFKA_PARTITION_UA to let Kafka choose */
-	TimestampTz enqueued_at;
-} KpMessage;
-
-typedef enum KpSendResult
-{
-	KP_SEND_QUEUED,				/* in flight; a report will follow */
-	KP_SEND_QUEUE_FULL,			/* try again after reports drained */
-	KP_SEND_REFUSED,			/* a KP_FAILED report was added */
-	KP_SEND_HELD_BACK			/* not sent, nor those after it, for now */
-} KpSendResult;
-
-extern rd_kafka_t *kp_kafka_new(int linger_ms, bool stats,
-								rd_kafka_queue_t **queue);
-extern void kp_kafka_destroy(rd_kafka_t *rk, rd_kafka_queue_t *queue,
-							 HTAB **topics);
-extern bool kp_kafka_handle_event(rd_kafka_event_t *event);
-extern rd_kafka_topic_t *kp_kafka_topic(rd_kafka_t *rk, HTAB **topics,
-										const char *name);
-extern void kp_kafka_forget_topics(HTAB **topics);
-extern rd_kafka_headers_t *kp_kafka_id_header(rd_kafka_headers_t *headers,
-											  int64 id);
-extern bool kp_producer_start(void);
-extern void kp_producer_stop(KpReportBuffer *buf);
-extern bool kp_producer_running(void);
-extern int	kp_producer_wakeup_fd(void);
-extern void kp_producer_clear_wakeup(void);
-extern KpSendResult kp_producer_send(KpMessage *msg, KpReportBuffer *buf);
-extern void kp_producer_poll(KpReportBuffer *buf);
-extern void kp_producer_return_queued(void);
-extern bool kp_producer_is_in_flight(int64 id);
-extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
-extern void kp_producer_moved(int64 id, KpRowVersion *row);
-extern void kp_producer_forget(int64 id);
-extern long kp_producer_in_flight_count(void);
-extern KpSendResult kp_producer_found(KpMessage *msg, KpReportBuffer *buf,
-									  int32 partition, int64 offset);
-extern KpSendResult kp_producer_refuse(KpMessage *msg, KpReportBuffer *buf,
-									   const char *error_name,
-									   const char *error_text);
-extern void kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
-						  int32 partition, int64 offset,
-						  rd_kafka_resp_err_t err);
-extern void kp_report_clear(KpReportBuffer *buf);
-extern const char *kp_report_error_name(KpReport *report);
-extern const char *kp_report_error_text(KpReport *report);
 
 /* kafka.outbox's columns, in table order */
 typedef enum KpOutboxColumn
@@ -359,8 +251,13 @@ typedef enum KpBatchColumn
 #define KP_BATCH_ROW_MESSAGES 256
 #define KP_BATCH_ROW_BYTES 7600
 
-/* outbox.c: the kafka.* tables; the worker's reads and writes of them */
+/* rows are written a chunk at a time with table_multi_insert */
+#define KP_WRITE_CHUNK 1000
+
+/* tables.c: the kafka.* tables */
 extern Oid	kp_relation_oid(const char *name);
+extern Relation kp_table_open(const char *name, const char *const *columns,
+							  int count, LOCKMODE lockmode);
 extern Relation kp_outbox_open(LOCKMODE lockmode);
 extern Relation kp_outbox_batch_open(LOCKMODE lockmode);
 
@@ -388,41 +285,10 @@ extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
 extern void kp_indexes_close(KpIndexes *indexes);
 extern void kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values,
 						  bool *nulls, ItemPointer tid);
-/* rows written a chunk at a time with table_multi_insert */
-#define KP_BATCH_CHUNK 1000
-
-typedef struct KpSlotCache
-{
-	struct TupleDescData *desc;
-	struct TupleTableSlot *slots[KP_BATCH_CHUNK];
-} KpSlotCache;
-
-typedef struct KpBatchWriter
-{
-	Relation	rel;
-	KpIndexes	indexes;
-	CommandId	cid;
-	int			count;
-	struct TupleTableSlot **slots;
-} KpBatchWriter;
-
-extern void kp_batch_open(KpBatchWriter *writer, Relation rel,
-						  KpSlotCache *cache);
-extern struct TupleTableSlot *kp_batch_next_slot(KpBatchWriter *writer);
-extern void kp_batch_added(KpBatchWriter *writer);
-extern void kp_batch_close(KpBatchWriter *writer);
+extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern char *kp_extension_version(void);
 extern bool kp_extension_ready(void);
 
 /* delivery_hold.c */
 extern bool kp_delivery_held(void);
-extern void kp_outbox_apply_moves(void);
-extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
-extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
-extern int64 kp_outbox_send_batch(int64 after_id, int max_messages,
-								  KpReportBuffer *buf, bool *queue_full,
-								  bool *held_back);
-extern void kp_outbox_record(KpReportBuffer *buf);
-extern void kp_outbox_prune(void);
-
 #endif							/* KAFKA_PRODUCER_H */

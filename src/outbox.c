@@ -1,10 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *	  The worker's reads and writes of the kafka.* tables.
+ *	  The worker's reads and writes of the queue tables: each round of
+ *	  sending scans them, and each step that records delivery reports
+ *	  writes their outcomes.
  *
  *	  Per message, after kafka_send()'s insert, the worker writes once, in
- *	  batches: it deletes the delivered rows from kafka.outbox and inserts
+ *	  chunks: it deletes the delivered rows from kafka.outbox and inserts
  *	  their delivery records (partition, offset) into kafka.delivered, with
  *	  heap functions; an SQL statement moves failures to kafka.failed, or
  *	  counts the attempt of a transient one.  Published changes wait in
@@ -47,11 +49,11 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
-/* a batch ends after this many messages or bytes, whichever comes first */
-#define KP_BATCH_MESSAGES 10000
-#define KP_BATCH_BYTES (32 * 1024 * 1024)
+/* a round of sending ends after this many messages or bytes, whichever first */
+#define KP_ROUND_MESSAGES 10000
+#define KP_ROUND_BYTES (32 * 1024 * 1024)
 
 static SPIPlanPtr failed_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
@@ -77,213 +79,6 @@ prepare_once(SPIPlanPtr *plan, const char *query, int nargs, Oid *argtypes)
 		*plan = p;
 	}
 	return *plan;
-}
-
-Oid
-kp_relation_oid(const char *name)
-{
-	Oid			nsp = get_namespace_oid(KP_SCHEMA_NAME, false);
-	Oid			relid = get_relname_relid(name, nsp);
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"%s.%s\" of extension \"%s\" is missing",
-						KP_SCHEMA_NAME, name, KP_EXTENSION_NAME),
-				 errhint("Drop and create the extension again.")));
-	return relid;
-}
-
-/*
- * Opens kafka.<name>, checking that it still has the expected shape: it
- * has not, in a database whose extension is older than the library.
- */
-static Relation
-open_table(const char *name, int natts, LOCKMODE lockmode)
-{
-	Relation	rel = table_open(kp_relation_oid(name), lockmode);
-	char	   *version;
-
-	if (RelationGetDescr(rel)->natts == natts)
-		return rel;
-	version = kp_extension_version();
-	if (version != NULL && strcmp(version, KP_EXTENSION_VERSION) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"%s\" must be updated to version %s",
-						KP_EXTENSION_NAME, KP_EXTENSION_VERSION),
-				 errdetail("This database has version %s of its SQL objects; the server runs version %s of its library.",
-						   version, KP_EXTENSION_VERSION),
-				 errhint("Run ALTER EXTENSION %s UPDATE.", KP_EXTENSION_NAME)));
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("relation \"%s.%s\" of extension \"%s\" has %d columns, expected %d",
-					KP_SCHEMA_NAME, name, KP_EXTENSION_NAME,
-					RelationGetDescr(rel)->natts, natts),
-			 errhint("Drop and create the extension again.")));
-	return NULL;				/* not reached */
-}
-
-/*
- * Acts as the owner of the extension's schema, with only pg_catalog on the
- * search_path, until kp_end_as_owner(): for the extension's bookkeeping in
- * a trigger or function that users without rights on kafka.* may run.
- */
-void
-kp_begin_as_owner(KpSavedUser *saved)
-{
-	Oid			nsp = get_namespace_oid(KP_SCHEMA_NAME, false);
-	HeapTuple	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for namespace %u", nsp);
-	owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
-	ReleaseSysCache(tuple);
-	GetUserIdAndSecContext(&saved->userid, &saved->sec_context);
-	SetUserIdAndSecContext(owner, saved->sec_context |
-						   SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	saved->guc_nest_level = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-}
-
-void
-kp_end_as_owner(KpSavedUser *saved)
-{
-	AtEOXact_GUC(false, saved->guc_nest_level);
-	SetUserIdAndSecContext(saved->userid, saved->sec_context);
-}
-
-Relation
-kp_outbox_open(LOCKMODE lockmode)
-{
-	return open_table("outbox", OUTBOX_NATTS, lockmode);
-}
-
-Relation
-kp_outbox_batch_open(LOCKMODE lockmode)
-{
-	return open_table("outbox_batch", BATCH_NATTS, lockmode);
-}
-
-void
-kp_indexes_open(Relation rel, KpIndexes *indexes)
-{
-	List	   *oids = RelationGetIndexList(rel);
-	int			i = 0;
-	ListCell   *lc;
-
-	indexes->count = list_length(oids);
-	indexes->indexes = palloc(indexes->count * sizeof(Relation));
-	indexes->infos = palloc(indexes->count * sizeof(IndexInfo *));
-	foreach(lc, oids)
-	{
-		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(index);
-
-		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
-			elog(ERROR, "index \"%s\" on %s.%s is not supported",
-				 RelationGetRelationName(index), KP_SCHEMA_NAME,
-				 RelationGetRelationName(rel));
-		indexes->indexes[i] = index;
-		indexes->infos[i] = info;
-		i++;
-	}
-	list_free(oids);
-}
-
-/* Adds the heap tuple at tid, whose columns are values, to every index. */
-void
-kp_indexes_insert(KpIndexes *indexes, Relation rel, ItemPointer tid,
-				  Datum *values, bool *nulls)
-{
-	for (int i = 0; i < indexes->count; i++)
-	{
-		IndexInfo  *info = indexes->infos[i];
-		Datum		index_values[INDEX_MAX_KEYS];
-		bool		index_nulls[INDEX_MAX_KEYS];
-
-		for (int k = 0; k < info->ii_NumIndexAttrs; k++)
-		{
-			AttrNumber	attnum = info->ii_IndexAttrNumbers[k];
-
-			index_values[k] = values[attnum - 1];
-			index_nulls[k] = nulls[attnum - 1];
-		}
-		index_insert(indexes->indexes[i], index_values, index_nulls, tid, rel,
-					 info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
-	}
-}
-
-void
-kp_indexes_close(KpIndexes *indexes)
-{
-	for (int i = 0; i < indexes->count; i++)
-		index_close(indexes->indexes[i], RowExclusiveLock);
-}
-
-/* The extension's version in this database; NULL where it is not created. */
-char *
-kp_extension_version(void)
-{
-	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	char	   *version = NULL;
-
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum(KP_EXTENSION_NAME));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		isnull;
-		Datum		datum = heap_getattr(tuple, Anum_pg_extension_extversion,
-										 RelationGetDescr(rel), &isnull);
-
-		version = TextDatumGetCString(datum);
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return version;
-}
-
-/*
- * Whether the extension is created in this database, at the version of
- * its SQL objects that this library works with.
- */
-bool
-kp_extension_ready(void)
-{
-	char	   *version = kp_extension_version();
-
-	return version != NULL && strcmp(version, KP_EXTENSION_VERSION) == 0;
-}
-
-rd_kafka_headers_t *
-kp_headers_from_jsonb(Jsonb *jb)
-{
-	rd_kafka_headers_t *headers = rd_kafka_headers_new(JB_ROOT_COUNT(jb));
-	JsonbIterator *it = JsonbIteratorInit(&jb->root);
-	JsonbValue	v;
-	JsonbValue	name = {0};
-	JsonbIteratorToken token;
-
-	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		if (token == WJB_KEY)
-			name = v;
-		else if (token == WJB_VALUE)
-			rd_kafka_header_add(headers, name.val.string.val,
-								name.val.string.len,
-								v.type == jbvString ? v.val.string.val : NULL,
-								v.type == jbvString ? v.val.string.len : 0);
-	}
-	return headers;
 }
 
 static void
@@ -551,7 +346,7 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
 /*
  * Sends the messages after after_id in id order, from kafka.outbox and
  * kafka.outbox_batch, skipping those already in flight, until max_messages
- * are sent or a batch is full (but never leaving a batch row half sent),
+ * are sent or the round is full (but never leaving a batch row half sent),
  * librdkafka's queue is, or a message must wait for the schema registry.
  * Returns the id up to which everything is now in flight or done: the next
  * scan starts after it.
@@ -559,10 +354,10 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
  * The scan walks the primary key indexes itself rather than asking the
  * planner: a queue table's statistics are always stale (it was empty at
  * the last ANALYZE, or full), and a plan that sorts the whole outbox for
- * each batch made draining a million messages five times slower.
+ * each round made draining a million messages five times slower.
  */
 int64
-kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
+kp_outbox_send_round(int64 after_id, int max_messages, KpReportBuffer *buf,
 					 bool *queue_full, bool *held_back)
 {
 	KpScanSource outbox;
@@ -577,7 +372,7 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 
 	*queue_full = false;
 	*held_back = false;
-	max_messages = Min(max_messages, KP_BATCH_MESSAGES);
+	max_messages = Min(max_messages, KP_ROUND_MESSAGES);
 	source_open(&outbox, false, after_id);
 	source_open(&batch, true, after_id);
 
@@ -586,7 +381,7 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 		int64		id = source_id(src);
 		bool		mid_row = src->next > 0;
 
-		if ((sent >= max_messages || bytes >= KP_BATCH_BYTES) && !mid_row)
+		if ((sent >= max_messages || bytes >= KP_ROUND_BYTES) && !mid_row)
 			break;
 		if (!kp_producer_is_in_flight(id))
 		{
@@ -611,18 +406,6 @@ kp_outbox_send_batch(int64 after_id, int max_messages, KpReportBuffer *buf,
 	return last_id;
 }
 
-Datum
-kp_datum_array(Datum *elements, int count, Oid element_type)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(element_type, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_array(elements, count, element_type,
-										   typlen, typbyval, typalign));
-}
-
 static void
 execute_plan(SPIPlanPtr plan, Datum *args, int expected)
 {
@@ -643,6 +426,23 @@ notify_datums(const char *status, Datum *ids, int count)
 	kp_notify_ids(status, values, count);
 }
 
+/* rows written a chunk at a time with table_multi_insert */
+typedef struct KpSlotCache
+{
+	struct TupleDescData *desc;
+	struct TupleTableSlot *slots[KP_WRITE_CHUNK];
+} KpSlotCache;
+
+typedef struct KpChunkWriter
+{
+	Relation	rel;
+	KpIndexes	indexes;
+	CommandId	cid;
+	int			count;
+	struct TupleTableSlot **slots;
+} KpChunkWriter;
+
+
 /* kafka.delivered's columns, in table order */
 typedef enum KpDeliveredColumn
 {
@@ -658,14 +458,26 @@ typedef enum KpDeliveredColumn
 	DELIVERED_NATTS
 } KpDeliveredColumn;
 
+static const char *const delivered_columns[DELIVERED_NATTS] = {
+	[DELIVERED_ID] = "id",
+	[DELIVERED_TOPIC] = "topic",
+	[DELIVERED_KEY] = "key",
+	[DELIVERED_PARTITION] = "partition",
+	[DELIVERED_OFFSET] = "offset",
+	[DELIVERED_ATTEMPTS] = "attempts",
+	[DELIVERED_ENQUEUED_AT] = "enqueued_at",
+	[DELIVERED_AT] = "delivered_at",
+	[DELIVERED_ENQUEUED_BY] = "enqueued_by",
+};
+
 /*
- * A batch writer: rows go to the heap with table_multi_insert, a chunk at
- * a time, then into the indexes.  Its slots are kept from batch to batch
+ * A chunk writer: rows go to the heap with table_multi_insert, a chunk at
+ * a time, then into the indexes.  Its slots are kept from chunk to chunk
  * in a KpSlotCache of the caller's: making a thousand slots showed in
  * profiles.
  */
-void
-kp_batch_open(KpBatchWriter *writer, Relation rel, KpSlotCache *cache)
+static void
+chunk_open(KpChunkWriter *writer, Relation rel, KpSlotCache *cache)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
@@ -673,7 +485,7 @@ kp_batch_open(KpBatchWriter *writer, Relation rel, KpSlotCache *cache)
 	{
 		MemoryContext outer = MemoryContextSwitchTo(TopMemoryContext);
 
-		for (int i = 0; i < KP_BATCH_CHUNK; i++)
+		for (int i = 0; i < KP_WRITE_CHUNK; i++)
 		{
 			if (cache->slots[i] != NULL)
 				ExecDropSingleTupleTableSlot(cache->slots[i]);
@@ -682,7 +494,7 @@ kp_batch_open(KpBatchWriter *writer, Relation rel, KpSlotCache *cache)
 		if (cache->desc != NULL)
 			FreeTupleDesc(cache->desc);
 		cache->desc = CreateTupleDescCopy(desc);
-		for (int i = 0; i < KP_BATCH_CHUNK; i++)
+		for (int i = 0; i < KP_WRITE_CHUNK; i++)
 			cache->slots[i] = MakeSingleTupleTableSlot(cache->desc,
 													   &TTSOpsHeapTuple);
 		MemoryContextSwitchTo(outer);
@@ -695,7 +507,7 @@ kp_batch_open(KpBatchWriter *writer, Relation rel, KpSlotCache *cache)
 }
 
 static void
-batch_flush(KpBatchWriter *writer)
+chunk_flush(KpChunkWriter *writer)
 {
 	table_multi_insert(writer->rel, writer->slots, writer->count, writer->cid,
 					   0, NULL);
@@ -712,40 +524,41 @@ batch_flush(KpBatchWriter *writer)
 }
 
 /* The slot to fill for the next row; kp_batch_added once it is stored. */
-TupleTableSlot *
-kp_batch_next_slot(KpBatchWriter *writer)
+static TupleTableSlot *
+chunk_next_slot(KpChunkWriter *writer)
 {
 	return writer->slots[writer->count];
 }
 
-void
-kp_batch_added(KpBatchWriter *writer)
+static void
+chunk_added(KpChunkWriter *writer)
 {
-	if (++writer->count == KP_BATCH_CHUNK)
-		batch_flush(writer);
+	if (++writer->count == KP_WRITE_CHUNK)
+		chunk_flush(writer);
 }
 
-void
-kp_batch_close(KpBatchWriter *writer)
+static void
+chunk_close(KpChunkWriter *writer)
 {
 	if (writer->count > 0)
-		batch_flush(writer);
+		chunk_flush(writer);
 	kp_indexes_close(&writer->indexes);
 }
 
 static KpSlotCache delivered_slots;
 
 static void
-delivered_writer_open(KpBatchWriter *writer)
+delivered_writer_open(KpChunkWriter *writer)
 {
-	kp_batch_open(writer, open_table("delivered", DELIVERED_NATTS, RowExclusiveLock),
+	chunk_open(writer, kp_table_open("delivered", delivered_columns, DELIVERED_NATTS,
+							 RowExclusiveLock),
 				  &delivered_slots);
 }
 
 static void
-delivered_writer_close(KpBatchWriter *writer)
+delivered_writer_close(KpChunkWriter *writer)
 {
-	kp_batch_close(writer);
+	chunk_close(writer);
 	table_close(writer->rel, NoLock);
 }
 
@@ -763,14 +576,14 @@ typedef struct KpDeliveredMessage
 
 /* Adds the delivery record of msg, reported delivered by report. */
 static void
-delivered_writer_add(KpBatchWriter *writer, KpDeliveredMessage *msg,
+delivered_writer_add(KpChunkWriter *writer, KpDeliveredMessage *msg,
 					 KpReport *report)
 {
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
 
-	slot = kp_batch_next_slot(writer);
+	slot = chunk_next_slot(writer);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
 	memset(nulls, false, DELIVERED_NATTS * sizeof(bool));
@@ -791,7 +604,7 @@ delivered_writer_add(KpBatchWriter *writer, KpDeliveredMessage *msg,
 	ExecStoreVirtualTuple(slot);
 	/* the outbox row's buffer is released before the chunk is written */
 	ExecMaterializeSlot(slot);
-	kp_batch_added(writer);
+	chunk_added(writer);
 }
 
 static bool
@@ -845,20 +658,6 @@ delete_sent_row(Relation rel, TupleTableSlot *slot, CommandId cid)
 							  InvalidSnapshot, true, &failure, false) == TM_Ok;
 }
 
-/* Forms and inserts a row of rel; its position in *tid. */
-void
-kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values, bool *nulls,
-			  ItemPointer tid)
-{
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-
-	simple_heap_insert(rel, tuple);
-	kp_indexes_insert(indexes, rel, &tuple->t_self, values, nulls);
-	if (tid != NULL)
-		*tid = tuple->t_self;
-	heap_freetuple(tuple);
-}
-
 /* ---------------------------------------------------------------------
  * kafka.outbox_batch rows: recorded when all of their messages are
  * delivered; until then their delivered reports are held, unless one of
@@ -877,7 +676,7 @@ typedef struct KpRecording
 	Relation	outbox;
 	KpIndexes	outbox_indexes;
 	TupleTableSlot *row;
-	KpBatchWriter *delivered;
+	KpChunkWriter *delivered;
 	int64	   *delivered_ids;
 	int			delivered_count;
 } KpRecording;
@@ -1075,7 +874,7 @@ record_batch_reports(KpRecording *rec, KpBatchReport *reports, int n)
 }
 
 static void
-recording_open(KpRecording *rec, KpBatchWriter *delivered, int capacity)
+recording_open(KpRecording *rec, KpChunkWriter *delivered, int capacity)
 {
 	rec->batch = kp_outbox_batch_open(RowExclusiveLock);
 	rec->batch_key = index_open(RelationGetPrimaryKeyIndex(rec->batch),
@@ -1112,7 +911,7 @@ record_batches(KpReportBuffer *buf)
 {
 	KpBatchReport *reports = palloc(buf->count * sizeof(KpBatchReport));
 	KpRecording rec;
-	KpBatchWriter delivered;
+	KpChunkWriter delivered;
 	int			n = 0;
 	int			start = 0;
 
@@ -1157,7 +956,7 @@ record_delivered(KpReportBuffer *buf, int count)
 	Relation	primary_key = index_open(RelationGetPrimaryKeyIndex(outbox),
 										 AccessShareLock);
 	TupleTableSlot *outbox_row = table_slot_create(outbox, NULL);
-	KpBatchWriter writer;
+	KpChunkWriter writer;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(outbox);
 	int64	   *ids = palloc(count * sizeof(int64));
 	int			recorded = 0;

@@ -25,7 +25,7 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 static rd_kafka_t *producer = NULL;
 static rd_kafka_queue_t *main_queue = NULL;
@@ -197,7 +197,7 @@ kp_kafka_new(int linger_ms, bool stats, rd_kafka_queue_t **queue)
 	rd_kafka_t *rk = NULL;
 
 	create_wakeup_pipe();
-	conf = kp_guc_producer_conf(errstr, sizeof(errstr));
+	conf = kp_producer_conf(errstr, sizeof(errstr));
 	if (conf != NULL && linger_ms >= 0 &&
 		rd_kafka_conf_set(conf, "linger.ms", psprintf("%d", linger_ms),
 						  errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
@@ -228,6 +228,24 @@ kp_kafka_new(int linger_ms, bool stats, rd_kafka_queue_t **queue)
 	ereport(LOG,
 			(errmsg("Kafka producer %s started", rd_kafka_name(rk))));
 	return rk;
+}
+
+static void
+add_header(const char *name, int name_len, const char *value, int value_len,
+		   void *arg)
+{
+	rd_kafka_header_add((rd_kafka_headers_t *) arg, name, name_len, value,
+						value_len);
+}
+
+/* Kafka's headers from a JSON object that kp_message_check() accepted. */
+rd_kafka_headers_t *
+kp_headers_from_jsonb(Jsonb *jb)
+{
+	rd_kafka_headers_t *headers = rd_kafka_headers_new(JB_ROOT_COUNT(jb));
+
+	kp_headers_each(jb, add_header, headers);
+	return headers;
 }
 
 /*
@@ -330,31 +348,45 @@ kp_kafka_handle_event(rd_kafka_event_t *event)
 }
 
 /*
- * Hands every pending event's reports to buf.  Returns true when
- * librdkafka raised a fatal error.
+ * Takes every event waiting on queue, without blocking: each delivery
+ * report's message goes to on_report, anything else to
+ * kp_kafka_handle_event.  Returns true when librdkafka raised a fatal
+ * error.  Both producers are driven this way, on the worker's loop.
  */
-static bool
-drain_events(KpReportBuffer *buf)
+bool
+kp_kafka_drain(rd_kafka_queue_t *queue, KpReportFunc on_report, void *arg)
 {
 	rd_kafka_event_t *event;
 	bool		fatal = false;
 
-	while ((event = rd_kafka_queue_poll(main_queue, 0)) != NULL)
+	while ((event = rd_kafka_queue_poll(queue, 0)) != NULL)
 	{
 		const rd_kafka_message_t *msg;
 
 		if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_DR)
 		{
 			while ((msg = rd_kafka_event_message_next(event)) != NULL)
-				kp_report_add(buf, (int64) (intptr_t) msg->_private,
-							  outcome_of(msg->err), msg->partition,
-							  msg->offset, msg->err);
+				on_report(msg, arg);
 		}
 		else
 			fatal |= kp_kafka_handle_event(event);
 		rd_kafka_event_destroy(event);
 	}
 	return fatal;
+}
+
+static void
+add_report(const rd_kafka_message_t *msg, void *arg)
+{
+	kp_report_add((KpReportBuffer *) arg, (int64) (intptr_t) msg->_private,
+				  outcome_of(msg->err), msg->partition, msg->offset, msg->err);
+}
+
+/* Hands every pending event's reports to buf; true on a fatal error. */
+static bool
+drain_events(KpReportBuffer *buf)
+{
+	return kp_kafka_drain(main_queue, add_report, buf);
 }
 
 void
@@ -465,7 +497,8 @@ kp_kafka_topic(rd_kafka_t *rk, HTAB **topics, const char *name)
 	handle = new_topic_handle(rk, name);
 	if (handle == NULL)
 		ereport(ERROR,
-				(errmsg("could not create Kafka topic handle for \"%s\": %s",
+				(errcode(ERRCODE_CONNECTION_EXCEPTION),
+				 errmsg("could not create Kafka topic handle for \"%s\": %s",
 						name, rd_kafka_err2str(rd_kafka_last_error()))));
 	entry = hash_search(*topics, name, HASH_ENTER, NULL);
 	entry->handle = handle;

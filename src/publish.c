@@ -475,7 +475,7 @@ enqueue_event(KpPublication *pub, bytea *key, bytea *value)
 	msg.topic = pub->topic;
 	msg.key = key;
 	msg.value = value;
-	msg.partition = RD_KAFKA_PARTITION_UA;
+	msg.partition = KP_PARTITION_ANY;
 	msg.headers = NULL;
 	kp_enqueue_buffered(&msg);
 }
@@ -564,7 +564,10 @@ kafka_publish_trigger(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event))
-		elog(ERROR, "kafka_publish_trigger must be an AFTER trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function kafka.publish_trigger() must be fired AFTER a change"),
+				 errhint("Attach it with kafka_publish().")));
 	event = trigdata->tg_event;
 	pub = publication_for(trigdata->tg_relation);
 	desc = RelationGetDescr(trigdata->tg_relation);
@@ -626,7 +629,7 @@ kafka_snapshot(PG_FUNCTION_ARGS)
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("kafka_snapshot() must run in a READ COMMITTED transaction"),
+				 errmsg("cannot snapshot a published table in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errdetail("It reads the table with a snapshot taken after locking it.")));
 	rel = table_open(relid, ShareLock);
 	pub = publication_for(rel);

@@ -32,7 +32,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 /*
  * A partition without a recorded offset is read this far back from its
@@ -192,7 +192,7 @@ static rd_kafka_t *
 new_consumer(void)
 {
 	char		errstr[512];
-	rd_kafka_conf_t *conf = kp_guc_producer_conf(errstr, sizeof(errstr));
+	rd_kafka_conf_t *conf = kp_producer_conf(errstr, sizeof(errstr));
 	rd_kafka_t *rk;
 
 	/* the producer's properties, of which it needs the connection's */

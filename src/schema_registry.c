@@ -11,9 +11,14 @@
  *	  schema id, the same Avro binary.
  *
  *	  Registration happens here, in the worker, so that no user transaction
- *	  waits on the network.  A registry that cannot be reached, or answers
- *	  with anything but an id or a refusal, holds the message (and those
- *	  after it) back until a later attempt succeeds; a refusal (HTTP 409,
+ *	  waits on the network, and with libcurl's multi interface, so that the
+ *	  worker does not either: a message whose schema is not registered yet
+ *	  is held back (with those after it, to keep their order) while one
+ *	  request at a time runs; the worker's loop carries on answering sync
+ *	  sends, recording outcomes and waking waiters, and polls the request
+ *	  between its steps, outside any transaction.  A registry that cannot be
+ *	  reached, or answers with anything but an id or a refusal, holds the
+ *	  message back until a later attempt succeeds; a refusal (HTTP 409,
  *	  incompatible, or 422, invalid) fails the message with the registry's
  *	  own words.
  *
@@ -28,7 +33,6 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
-#include "postmaster/interrupt.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -49,7 +53,6 @@
 /* how long a refusal stands before the registry is asked again */
 #define KP_REGISTRY_REFUSAL_MS 1000
 
-#define KP_SUBJECT_MAX (KP_TOPIC_NAME_MAX + sizeof("-value"))
 #define KP_CONFLUENT_HEADER 5
 
 typedef struct KpSchemaKey
@@ -82,6 +85,15 @@ typedef struct KpRegistryAnswer
 	StringInfoData body;
 	char		curl_error[CURL_ERROR_SIZE];
 } KpRegistryAnswer;
+
+/* the registration in flight; its memory in registration_context */
+typedef struct KpRegistration
+{
+	KpSchemaKey key;
+	struct curl_slist *headers;
+	StringInfoData request;
+	KpRegistryAnswer answer;
+} KpRegistration;
 
 char	   *kp_schema_registry_url = NULL;
 char	   *kp_schema_registry_user_info = NULL;
@@ -148,6 +160,9 @@ kp_schema_registry_init(void)
 }
 
 static CURL *curl = NULL;
+static CURLM *multi = NULL;
+static KpRegistration *registration = NULL;
+static MemoryContext registration_context = NULL;
 /* holds schemas and its refusals; reset when the registry changes */
 static MemoryContext registry_context = NULL;
 static HTAB *schemas = NULL;
@@ -161,6 +176,8 @@ kp_registry_enabled(void)
 	return kp_schema_registry_url != NULL && kp_schema_registry_url[0] != '\0';
 }
 
+static void end_registration(void);
+
 /* Forgets every id when the registry changes: ids are per registry. */
 static void
 reset_for_url(void)
@@ -173,6 +190,7 @@ reset_for_url(void)
 		registry_context = AllocSetContextCreate(TopMemoryContext,
 												 "kafka_producer schema registry",
 												 ALLOCSET_SMALL_SIZES);
+	end_registration();
 	MemoryContextReset(registry_context);
 	ctl.keysize = sizeof(KpSchemaKey);
 	ctl.entrysize = sizeof(KpSchemaEntry);
@@ -218,24 +236,33 @@ append_to_body(char *data, size_t size, size_t count, void *arg)
 	return n;
 }
 
-/* libcurl's progress callback: a worker asked to stop does not wait for the registry */
-static int
-stop_if_shutting_down(void *arg, curl_off_t dltotal, curl_off_t dlnow,
-					  curl_off_t ultotal, curl_off_t ulnow)
-{
-	return ShutdownRequestPending ? 1 : 0;
-}
-
+/* The one easy handle, reused so that its connection is, and the multi handle. */
 static CURL *
 registry_handle(void)
 {
 	if (curl == NULL)
 	{
 		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
-			(curl = curl_easy_init()) == NULL)
+			(curl = curl_easy_init()) == NULL ||
+			(multi = curl_multi_init()) == NULL)
 			elog(ERROR, "could not initialize libcurl");
+		registration_context = AllocSetContextCreate(TopMemoryContext,
+													 "kafka_producer schema registration",
+													 ALLOCSET_SMALL_SIZES);
 	}
 	return curl;
+}
+
+/* Lets go of the registration in flight, if any. */
+static void
+end_registration(void)
+{
+	if (registration == NULL)
+		return;
+	curl_multi_remove_handle(multi, curl);
+	curl_slist_free_all(registration->headers);
+	registration = NULL;
+	MemoryContextReset(registration_context);
 }
 
 /* The schema kafka.schemas holds under key, or NULL. */
@@ -244,13 +271,9 @@ stored_schema(const KpSchemaKey *key)
 {
 	Oid			argtypes[] = {BYTEAOID, TEXTOID};
 	Datum		args[2];
-	bytea	   *fingerprint = palloc(VARHDRSZ + 8);
 	char	   *schema = NULL;
 
-	SET_VARSIZE(fingerprint, VARHDRSZ + 8);
-	for (int i = 0; i < 8; i++)
-		VARDATA(fingerprint)[i] = (key->fingerprint >> (8 * i)) & 0xff;
-	args[0] = PointerGetDatum(fingerprint);
+	args[0] = PointerGetDatum(kp_avro_fingerprint_bytea(key->fingerprint));
 	args[1] = CStringGetTextDatum(key->subject);
 	if (SPI_execute_with_args("SELECT schema::text FROM kafka.schemas "
 							  "WHERE fingerprint = $1 AND subject = $2",
@@ -262,43 +285,44 @@ stored_schema(const KpSchemaKey *key)
 	return schema;
 }
 
-/* POST /subjects/<subject>/versions {"schema": schema} */
+/*
+ * Starts POST /subjects/<subject>/versions {"schema": schema} for key; the
+ * answer is taken by kp_registry_poll().
+ */
 static void
-post_schema(const char *subject, const char *schema, KpRegistryAnswer *answer)
+start_registration(const KpSchemaKey *key, const char *schema)
 {
 	CURL	   *handle = registry_handle();
-	char	   *escaped_subject = curl_easy_escape(handle, subject, 0);
+	MemoryContext outer = MemoryContextSwitchTo(registration_context);
+	char	   *escaped_subject = curl_easy_escape(handle, key->subject, 0);
 	char	   *url = psprintf("%s/subjects/%s/versions",
 							   kp_schema_registry_url, escaped_subject);
-	StringInfoData request;
-	struct curl_slist *headers = NULL;
-	CURLcode	result;
+	KpRegistration *r = palloc0(sizeof(KpRegistration));
 
 	curl_free(escaped_subject);
-	initStringInfo(&request);
-	appendStringInfoString(&request, "{\"schema\": ");
-	escape_json(&request, schema);
-	appendStringInfoChar(&request, '}');
-	initStringInfo(&answer->body);
-	answer->curl_error[0] = '\0';
-	headers = curl_slist_append(headers, "Content-Type: application/vnd.schemaregistry.v1+json");
-	headers = curl_slist_append(headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
+	r->key = *key;
+	initStringInfo(&r->request);
+	appendStringInfoString(&r->request, "{\"schema\": ");
+	escape_json(&r->request, schema);
+	appendStringInfoChar(&r->request, '}');
+	initStringInfo(&r->answer.body);
+	r->headers = curl_slist_append(r->headers, "Content-Type: application/vnd.schemaregistry.v1+json");
+	r->headers = curl_slist_append(r->headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
+	MemoryContextSwitchTo(outer);
 
 	curl_easy_reset(handle);
 	curl_easy_setopt(handle, CURLOPT_URL, url);
-	curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(handle, CURLOPT_POSTFIELDS, request.data);
-	curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE, (long) request.len);
+	curl_easy_setopt(handle, CURLOPT_HTTPHEADER, r->headers);
+	curl_easy_setopt(handle, CURLOPT_POSTFIELDS, r->request.data);
+	curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE, (long) r->request.len);
 	curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, append_to_body);
-	curl_easy_setopt(handle, CURLOPT_WRITEDATA, &answer->body);
-	curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, answer->curl_error);
+	curl_easy_setopt(handle, CURLOPT_WRITEDATA, &r->answer.body);
+	curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, r->answer.curl_error);
 	curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS,
 					 (long) KP_REGISTRY_CONNECT_TIMEOUT_MS);
 	curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long) KP_REGISTRY_TIMEOUT_MS);
 	curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, stop_if_shutting_down);
-	curl_easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
 	if (kp_schema_registry_user_info[0] != '\0')
 	{
 		curl_easy_setopt(handle, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
@@ -310,17 +334,9 @@ post_schema(const char *subject, const char *schema, KpRegistryAnswer *answer)
 		curl_easy_setopt(handle, CURLOPT_NETRC, (long) CURL_NETRC_REQUIRED);
 		curl_easy_setopt(handle, CURLOPT_NETRC_FILE, kp_schema_registry_netrc_file);
 	}
-	result = curl_easy_perform(handle);
-	answer->reached = result == CURLE_OK;
-	answer->status = 0;
-	if (answer->reached)
-		curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &answer->status);
-	else if (answer->curl_error[0] == '\0')
-		strlcpy(answer->curl_error, curl_easy_strerror(result),
-				sizeof(answer->curl_error));
-	curl_slist_free_all(headers);
-	pfree(request.data);
-	pfree(url);
+	if (curl_multi_add_handle(multi, handle) != CURLM_OK)
+		elog(ERROR, "could not start a schema registry request");
+	registration = r;
 }
 
 /* The answer's body as jsonb, or NULL if it is not a JSON object. */
@@ -397,53 +413,114 @@ registry_available(void)
 			(errmsg("the schema registry answers again")));
 }
 
-/* Registers the entry's schema; sets its state, or returns false if the registry is out of reach. */
+/*
+ * What the finished registration's answer makes of its schema: registered,
+ * or refused; false if the registry was out of reach.
+ */
 static bool
-register_schema(KpSchemaEntry *entry, const char *schema)
+resolve_registration(KpSchemaEntry *entry)
 {
-	KpRegistryAnswer answer;
+	KpRegistryAnswer *answer = &registration->answer;
 	uint32		id;
 
-	post_schema(entry->key.subject, schema, &answer);
-	if (!answer.reached)
+	entry->key = registration->key;
+	if (!answer->reached)
 	{
-		registry_unavailable(entry->key.subject, answer.curl_error);
+		registry_unavailable(entry->key.subject, answer->curl_error);
 		return false;
 	}
-	if (answer.status == 200 && answer_id(&answer, &id))
+	if (answer->status == 200 && answer_id(answer, &id))
 	{
 		registry_available();
 		entry->state = KP_SCHEMA_REGISTERED;
 		entry->registry_id = id;
 		return true;
 	}
-	if (answer.status == 409 || answer.status == 422)
+	if (answer->status == 409 || answer->status == 422)
 	{
 		registry_available();
 		entry->state = KP_SCHEMA_REFUSED;
 		entry->refusal = MemoryContextStrdup(registry_context,
-											 psprintf("HTTP %ld: %s", answer.status,
-													  answer_message(&answer)));
+											 psprintf("HTTP %ld: %s", answer->status,
+													  answer_message(answer)));
 		entry->refused_at = GetCurrentTimestamp();
 		return true;
 	}
 	registry_unavailable(entry->key.subject,
-						 psprintf("HTTP %ld: %s", answer.status,
-								  answer_message(&answer)));
+						 psprintf("HTTP %ld: %s", answer->status,
+								  answer_message(answer)));
 	return false;
 }
 
+/* Stores resolved in the cache, replacing what it held for the same key. */
+static void
+remember(KpSchemaEntry *resolved)
+{
+	bool		found;
+	KpSchemaEntry *entry = hash_search(schemas, &resolved->key, HASH_ENTER, &found);
+
+	if (found && entry->refusal != NULL)
+		pfree(entry->refusal);
+	*entry = *resolved;
+}
+
+bool
+kp_registry_in_flight(void)
+{
+	return registration != NULL;
+}
+
 /*
- * The cache entry of key, its schema looked up and registered first if not
- * done yet or refused over KP_REGISTRY_REFUSAL_MS ago; NULL if the registry
- * is out of reach.  An entry enters the cache only once complete, so that
- * an ERROR on the way leaves nothing half made.
+ * Moves the registration in flight on, without waiting; returns true when
+ * it has finished, its outcome cached (or the registry found out of reach).
+ * Outside any transaction, in the worker's loop.
+ */
+bool
+kp_registry_poll(void)
+{
+	int			running;
+	int			queued;
+	CURLMsg    *done = NULL;
+	CURLMsg    *msg;
+	KpSchemaEntry resolved;
+	MemoryContext outer;
+
+	if (registration == NULL)
+		return false;
+	curl_multi_perform(multi, &running);
+	while ((msg = curl_multi_info_read(multi, &queued)) != NULL)
+		if (msg->msg == CURLMSG_DONE)
+			done = msg;
+	if (done == NULL)
+		return false;
+	registration->answer.reached = done->data.result == CURLE_OK;
+	if (registration->answer.reached)
+		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &registration->answer.status);
+	else if (registration->answer.curl_error[0] == '\0')
+		strlcpy(registration->answer.curl_error, curl_easy_strerror(done->data.result),
+				sizeof(registration->answer.curl_error));
+	memset(&resolved, 0, sizeof(resolved));
+	/* what the answer's parsing allocates goes with the registration */
+	outer = MemoryContextSwitchTo(registration_context);
+	if (resolve_registration(&resolved))
+		remember(&resolved);
+	MemoryContextSwitchTo(outer);
+	end_registration();
+	return true;
+}
+
+/*
+ * The cache entry of key, or NULL while its schema is being registered
+ * (or waits its turn, or for an unreachable registry): the first time it
+ * is asked for, or KP_REGISTRY_REFUSAL_MS after a refusal, its schema is
+ * looked up and its registration started.  An entry enters the cache only
+ * once complete, so that an ERROR on the way leaves nothing half made.
  */
 static KpSchemaEntry *
 schema_entry(const KpSchemaKey *key)
 {
 	KpSchemaEntry *entry = hash_search(schemas, key, HASH_FIND, NULL);
-	KpSchemaEntry resolved;
+	KpSchemaEntry unknown;
 	char	   *schema;
 
 	if (entry != NULL &&
@@ -451,20 +528,19 @@ schema_entry(const KpSchemaKey *key)
 		 !TimestampDifferenceExceeds(entry->refused_at, GetCurrentTimestamp(),
 									 KP_REGISTRY_REFUSAL_MS)))
 		return entry;
-	memset(&resolved, 0, sizeof(resolved));
-	resolved.key = *key;
-	schema = stored_schema(key);
-	if (schema == NULL)
-		resolved.state = KP_SCHEMA_UNKNOWN;
-	else if (GetCurrentTimestamp() < retry_at ||
-			 !register_schema(&resolved, schema))
+	if (registration != NULL || GetCurrentTimestamp() < retry_at)
 		return NULL;
-	if (entry == NULL)
-		entry = hash_search(schemas, key, HASH_ENTER, NULL);
-	else
-		pfree(entry->refusal);
-	*entry = resolved;
-	return entry;
+	schema = stored_schema(key);
+	if (schema != NULL)
+	{
+		start_registration(key, schema);
+		return NULL;
+	}
+	memset(&unknown, 0, sizeof(unknown));
+	unknown.key = *key;
+	unknown.state = KP_SCHEMA_UNKNOWN;
+	remember(&unknown);
+	return hash_search(schemas, key, HASH_FIND, NULL);
 }
 
 /*
@@ -487,10 +563,8 @@ kp_registry_frame(const char *topic, bool is_key, const char **data,
 		return KP_REGISTRY_AS_IS;
 	reset_for_url();
 	memset(&key, 0, sizeof(key));
-	snprintf(key.subject, sizeof(key.subject), "%s-%s", topic,
-			 is_key ? "key" : "value");
-	for (int i = 0; i < 8; i++)
-		key.fingerprint |= (uint64) bytes[2 + i] << (8 * i);
+	kp_avro_subject(key.subject, topic, is_key);
+	key.fingerprint = kp_avro_fingerprint_get(*data + 2);
 	entry = schema_entry(&key);
 	if (entry == NULL)
 		return KP_REGISTRY_UNAVAILABLE;

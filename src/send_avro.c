@@ -25,7 +25,6 @@
 
 PG_FUNCTION_INFO_V1(kafka_send_avro);
 
-#define KP_SUBJECT_MAX (KP_TOPIC_NAME_MAX + sizeof("-value"))
 
 /* a schema known to be in kafka.schemas under a subject */
 typedef struct KpStoredSchema
@@ -111,17 +110,6 @@ remember_recent(uint64 fingerprint, text *topic, bool is_key)
 	r->valid = true;
 }
 
-static bytea *
-fingerprint_bytes(uint64 fingerprint)
-{
-	bytea	   *result = palloc(VARHDRSZ + 8);
-
-	SET_VARSIZE(result, VARHDRSZ + 8);
-	for (int i = 0; i < 8; i++)
-		VARDATA(result)[i] = (fingerprint >> (8 * i)) & 0xff;
-	return result;
-}
-
 /* Makes sure kafka.schemas has the schema under subject. */
 static void
 store_schema(KpAvroSchema *schema, const char *subject)
@@ -154,7 +142,7 @@ store_schema(KpAvroSchema *schema, const char *subject)
 		if (memcmp(lfirst(lc), &key, sizeof(key)) == 0)
 			return;
 
-	args[0] = PointerGetDatum(fingerprint_bytes(key.fingerprint));
+	args[0] = PointerGetDatum(kp_avro_fingerprint_bytea(key.fingerprint));
 	args[1] = CStringGetTextDatum(subject);
 	args[2] = CStringGetTextDatum(kp_avro_schema_json(schema));
 	/* whoever enqueues the message, with or without rights on kafka.* */
@@ -185,15 +173,15 @@ kp_avro_single_object(KpAvroSchema *schema, bytea *encoded, text *topic,
 {
 	uint64		fingerprint = kp_avro_schema_fingerprint(schema);
 	char	   *data = VARDATA(encoded);
+	char		subject[KP_SUBJECT_MAX];
 
 	data[0] = (char) 0xC3;
 	data[1] = 0x01;
-	for (int i = 0; i < 8; i++)
-		data[2 + i] = (fingerprint >> (8 * i)) & 0xff;
+	kp_avro_fingerprint_put(fingerprint, data + 2);
 	if (recently_stored(fingerprint, topic, is_key))
 		return encoded;
-	store_schema(schema, psprintf("%s-%s", text_to_cstring(topic),
-								  is_key ? "key" : "value"));
+	kp_avro_subject(subject, text_to_cstring(topic), is_key);
+	store_schema(schema, subject);
 	remember_recent(fingerprint, topic, is_key);
 	return encoded;
 }

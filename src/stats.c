@@ -2,7 +2,7 @@
  *
  * stats.c
  *	  The producer's view of the cluster, for SQL: the worker writes each
- *	  librdkafka statistics document (every kafka.statistics_interval_ms)
+ *	  producer's statistics document (every kafka.statistics_interval_ms)
  *	  to a file under pg_stat_tmp, replaced atomically by rename; the SQL
  *	  function kafka_stats() reads it back as jsonb, adding the worker's
  *	  counters and the number of pending messages, and kafka_brokers()
@@ -61,9 +61,9 @@ kp_stats_clear(void)
 				 errmsg("could not remove file \"%s\": %m", KP_STATS_FILE)));
 }
 
-/* librdkafka's latest document, or "{}" before the first */
+/* the producer's latest document, or "{}" before the first */
 static char *
-read_librdkafka_stats(void)
+read_producer_stats(void)
 {
 	FILE	   *file = AllocateFile(KP_STATS_FILE, PG_BINARY_R);
 	StringInfoData json;
@@ -107,24 +107,24 @@ pending_messages(void)
 }
 
 /*
- * kafka_stats() returns librdkafka's latest statistics document with the
+ * kafka_stats() returns the producer's latest statistics document with the
  * worker's own counters added under "kafka_producer".
  */
 Datum
 kafka_stats(PG_FUNCTION_ARGS)
 {
 	StringInfoData ours;
-	Datum		librdkafka;
+	Datum		producer;
 
 	kp_check_serving_database();
-	librdkafka = DirectFunctionCall1(jsonb_in,
-									 CStringGetDatum(read_librdkafka_stats()));
+	producer = DirectFunctionCall1(jsonb_in,
+									 CStringGetDatum(read_producer_stats()));
 	initStringInfo(&ours);
 	appendStringInfo(&ours, "{\"kafka_producer\": {\"pending\": " INT64_FORMAT ", ",
 					 pending_messages());
 	kp_shmem_counters_json(&ours);
 	appendStringInfoString(&ours, "}}");
-	PG_RETURN_DATUM(DirectFunctionCall2(jsonb_concat, librdkafka,
+	PG_RETURN_DATUM(DirectFunctionCall2(jsonb_concat, producer,
 										DirectFunctionCall1(jsonb_in,
 															CStringGetDatum(ours.data))));
 }

@@ -37,7 +37,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 PG_FUNCTION_INFO_V1(kafka_send_sync);
 
@@ -261,7 +261,7 @@ wait_for_answer(int64 id)
 {
 	KpSyncSlot *slot = my_slot();
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   (int64) kp_guc_message_timeout_ms() +
+													   (int64) kp_producer_message_timeout_ms() +
 													   KP_SYNC_GRACE_MS);
 	ErrorContextCallback context;
 	KpSyncState state;
@@ -609,33 +609,19 @@ stop_sync_producer(void)
  * Answers the delivery reports that have arrived.  The waiting backends
  * are told at once; the outcomes are recorded later by kp_sync_record.
  */
+static void
+answer_report(const rd_kafka_message_t *msg, void *arg)
+{
+	answer(msg->_private, rd_kafka_topic_name(msg->rkt), msg->key, msg->key_len,
+		   msg->payload, msg->len, msg->partition, msg->offset, msg->err);
+	sync_in_flight--;
+}
+
 void
 kp_sync_poll(void)
 {
-	rd_kafka_event_t *event;
-	bool		fatal = false;
-
-	if (sync_producer == NULL)
-		return;
-	while ((event = rd_kafka_queue_poll(sync_queue, 0)) != NULL)
-	{
-		const rd_kafka_message_t *msg;
-
-		if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_DR)
-		{
-			while ((msg = rd_kafka_event_message_next(event)) != NULL)
-			{
-				answer(msg->_private, rd_kafka_topic_name(msg->rkt),
-					   msg->key, msg->key_len, msg->payload, msg->len,
-					   msg->partition, msg->offset, msg->err);
-				sync_in_flight--;
-			}
-		}
-		else
-			fatal |= kp_kafka_handle_event(event);
-		rd_kafka_event_destroy(event);
-	}
-	if (fatal)
+	if (sync_producer != NULL &&
+		kp_kafka_drain(sync_queue, answer_report, NULL))
 		kp_sync_stop();
 }
 

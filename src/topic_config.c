@@ -26,7 +26,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 PG_FUNCTION_INFO_V1(kafka_topic_config_trigger);
 PG_FUNCTION_INFO_V1(kafka_check_topic_properties);
@@ -110,7 +110,7 @@ check_property(const char *topic, const char *name, const char *value,
 					 errhint("Set it with the kafka.* settings or kafka.producer_properties.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown Kafka topic property \"%s\"", name),
+				 errmsg("unrecognized Kafka topic property \"%s\"", name),
 				 errhint("Per-topic properties are acks, compression.type, compression.level, partitioner, message.timeout.ms, request.timeout.ms.")));
 	}
 	if (rd_kafka_topic_conf_set(conf, name, value, errstr, sizeof(errstr)) !=
@@ -122,7 +122,7 @@ check_property(const char *topic, const char *name, const char *value,
 						value, name, topic),
 				 errdetail("%s", errstr)));
 	if ((strcmp(name, "acks") == 0 || strcmp(name, "request.required.acks") == 0) &&
-		kp_guc_idempotence() &&
+		kp_producer_idempotence() &&
 		strcmp(value, "all") != 0 && strcmp(value, "-1") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

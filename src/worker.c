@@ -37,7 +37,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 
@@ -45,6 +45,8 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 #define KP_SHUTDOWN_FLUSH_MS 5000
 #define KP_RELOAD_FLUSH_MS 10000
 #define KP_IDLE_WAIT_MS 1000
+/* how often a registration in flight is looked at */
+#define KP_REGISTRY_POLL_MS 10
 #define KP_ERROR_BACKOFF_MS 1000
 #define KP_PRUNE_INTERVAL_MS 10000
 #define KP_DATABASE_POLL_MS 5000
@@ -407,7 +409,7 @@ send_step(void)
 	send_last = send_from;
 	extension_present = kp_extension_ready();
 	if (extension_present && !kp_delivery_held())
-		send_last = kp_outbox_send_batch(send_from,
+		send_last = kp_outbox_send_round(send_from,
 										 KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
 										 &reports, &queue_full, &held_back);
 	end_transaction();
@@ -430,6 +432,14 @@ scan_would_find_nothing(int64 committed_behind)
 		send_from == empty_scan_from &&
 		!TimestampDifferenceExceeds(empty_scan_at, GetCurrentTimestamp(),
 									KP_IDLE_WAIT_MS);
+}
+
+/* a registry answer may release the messages held back for it */
+static void
+poll_registry_step(void)
+{
+	if (kp_registry_poll())
+		empty_scan_from = -1;
 }
 
 /*
@@ -536,7 +546,7 @@ static char *
 settings_fingerprint(void)
 {
 	run_guarded(load_topic_config_step);
-	return psprintf("%s%s", kp_guc_producer_fingerprint(),
+	return psprintf("%s%s", kp_producer_settings_fingerprint(),
 					kp_topic_config_fingerprint());
 }
 
@@ -612,9 +622,12 @@ deliver(MemoryContext loop_context)
 			start_producer();
 			continue;
 		}
+		if (kp_registry_in_flight())
+			run_guarded(poll_registry_step);
 		more = send_pending();
 		if (!more)
-			wait_for_events(Min(KP_IDLE_WAIT_MS, kp_sync_ms_until_record()));
+			wait_for_events(Min(kp_registry_in_flight() ? KP_REGISTRY_POLL_MS : KP_IDLE_WAIT_MS,
+								kp_sync_ms_until_record()));
 	}
 }
 

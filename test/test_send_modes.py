@@ -58,7 +58,7 @@ def test_commit_warns_of_failure(pg, kafka):
     warm_up(pg, "refused_at_commit")
     kafka.command("produce_errors MSG_SIZE_TOO_LARGE 1")
     note = commit_warns(pg, "refused_at_commit", "too large")
-    assert "1 Kafka messages of the committed transaction failed" in note
+    assert "1 Kafka message of the committed transaction failed" in note
     assert "MSG_SIZE_TOO_LARGE" in note
     assert statuses(pg, "refused_at_commit") == [("delivered", True), ("failed", False)]
 

@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
- * guc.c
- *	  The kafka.* settings: the producer properties, named after Kafka's,
- *	  the extension's own, and a superuser-only pass-through for any other
- *	  librdkafka property.  Values are checked when set, by librdkafka
- *	  itself where it can judge them.
+ * producer_settings.c
+ *	  The producer's kafka.* settings, named after Kafka's properties, a
+ *	  superuser-only pass-through for any other librdkafka property and a
+ *	  file of them; the librdkafka configuration they make.  Values are
+ *	  checked when set, by librdkafka itself where it can judge them.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,7 +16,7 @@
 #include "storage/fd.h"
 #include "utils/guc.h"
 
-#include "kafka_producer.h"
+#include "delivery.h"
 
 /* librdkafka defaults, except that the idempotent producer is on */
 static char *kp_bootstrap_servers = NULL;
@@ -33,11 +33,6 @@ static int	kp_statistics_interval_ms = 5000;
 static char *kp_producer_properties = NULL;
 static char *kp_producer_properties_file = NULL;
 
-int			kp_message_max_bytes = 1000000;
-char	   *kp_database = NULL;
-int			kp_max_attempts = 10;
-int			kp_status_retention = 86400;
-char	   *kp_id_header = NULL;
 
 static const struct config_enum_entry acks_options[] = {
 	{"all", -1, false},
@@ -410,7 +405,7 @@ producer_properties(KpProperty **props)
  * NULL, with the reason in errstr, when librdkafka refuses a value.
  */
 rd_kafka_conf_t *
-kp_guc_producer_conf(char *errstr, size_t errstr_size)
+kp_producer_conf(char *errstr, size_t errstr_size)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	KpProperty *props;
@@ -430,7 +425,7 @@ kp_guc_producer_conf(char *errstr, size_t errstr_size)
 
 /* A string that changes whenever any producer property changes. */
 char *
-kp_guc_producer_fingerprint(void)
+kp_producer_settings_fingerprint(void)
 {
 	StringInfoData buf;
 	KpProperty *props;
@@ -451,20 +446,20 @@ define_producer_int(const char *name, const char *description, int *variable,
 }
 
 bool
-kp_guc_idempotence(void)
+kp_producer_idempotence(void)
 {
 	return kp_enable_idempotence;
 }
 
 /* kafka.message_timeout_ms, with 0 (no limit) as the largest wait */
 int
-kp_guc_message_timeout_ms(void)
+kp_producer_message_timeout_ms(void)
 {
 	return kp_message_timeout_ms == 0 ? INT_MAX : kp_message_timeout_ms;
 }
 
 void
-kp_guc_init(void)
+kp_producer_settings_init(void)
 {
 	DefineCustomStringVariable("kafka.bootstrap_servers",
 							   "Kafka brokers to discover the cluster from (host:port, comma-separated).",
@@ -503,10 +498,6 @@ kp_guc_init(void)
 	define_producer_int("kafka.message_timeout_ms",
 						"Time a message may wait for delivery before this attempt counts as failed (0 = no limit).",
 						&kp_message_timeout_ms, 0, 2147483647, GUC_UNIT_MS);
-	define_producer_int("kafka.message_max_bytes",
-						"Largest message accepted, in bytes (key, value and headers).",
-						&kp_message_max_bytes, 1000, 1000000000,
-						GUC_UNIT_BYTE);
 	define_producer_int("kafka.statistics_interval_ms",
 						"How often the producer's statistics (kafka_stats(), kafka_brokers()) are refreshed (0 = never).",
 						&kp_statistics_interval_ms, 0, 86400000, GUC_UNIT_MS);
@@ -522,25 +513,4 @@ kp_guc_init(void)
 							   &kp_producer_properties_file, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_producer_properties_file, NULL, NULL);
-	DefineCustomStringVariable("kafka.database",
-							   "Database whose messages the worker delivers.",
-							   NULL, &kp_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("kafka.max_attempts",
-							"Attempts before a message that keeps failing transiently is marked failed (0 = no limit).",
-							NULL, &kp_max_attempts, kp_max_attempts,
-							0, INT_MAX, PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("kafka.status_retention",
-							"How long delivered messages stay visible in kafka.messages (-1 = forever).",
-							NULL, &kp_status_retention, kp_status_retention,
-							-1, INT_MAX, PGC_SIGHUP, GUC_UNIT_S,
-							NULL, NULL, NULL);
-
-	DefineCustomStringVariable("kafka.id_header",
-							   "Name of the record header that carries each message's id (empty = none).",
-							   "Consumers dedupe by it, and a restarted worker finds by it what Kafka already holds before sending again.",
-							   &kp_id_header, "kafka_producer.id",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("kafka");
 }
