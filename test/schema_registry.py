@@ -17,6 +17,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import avro.errors
 import avro.schema
@@ -50,6 +51,7 @@ class SchemaRegistry:
         self.compatibility = {None: "BACKWARD"}
         self.requests = []          # (method, path) of every request
         self.failures = []          # statuses to answer next, whatever is asked
+        self.delay = 0              # seconds each registration waits before its answer
         self.port = None
         self.server = None
         self.connections = set()    # open sockets, closed by stop()
@@ -87,6 +89,12 @@ class SchemaRegistry:
                     connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def hang(self, seconds):
+        """Each registration (POST) waits seconds before it is answered, as
+        a registry that is overloaded or behind a black-holing firewall."""
+        with self.lock:
+            self.delay = seconds
 
     def fail_next(self, count, status=500, padding=0):
         """The next count requests get status, with padding bytes more in
@@ -216,6 +224,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         registry = self.registry
         with registry.lock:
             registry.requests.append((method, self.path))
+            delay = registry.delay if method == "POST" else 0
+        time.sleep(delay)
         if registry.credentials is not None and \
                 self.headers.get("Authorization") != f"Basic {registry.credentials}":
             status, answer = 401, {"error_code": 40101, "message": "Unauthorized"}

@@ -86,27 +86,75 @@ def test_whole_cluster_down_30s(pg, kafka):
     assert_clean(counts)
 
 
-def test_first_bootstrap_broker_down_then_leader_change(pg, kafka):
-    """Broker 1, named first in kafka.bootstrap_servers, goes down; its
-    partitions move to the others; then leadership moves again."""
+def broker_counter(pg, counter, nodeid=None):
+    """One of librdkafka's per-broker statistics, summed over the brokers,
+    or of one broker."""
+    return pg.scalar("SELECT coalesce(sum((b->>%s)::bigint), 0) "
+                     "FROM jsonb_each(kafka_stats()->'brokers') AS e(name, b) "
+                     "WHERE (b->>'nodeid')::int >= 0 "
+                     "AND (%s::int IS NULL OR (b->>'nodeid')::int = %s::int)",
+                     (counter, nodeid, nodeid))
+
+
+def fresh_statistics(settings, pg):
+    """Statistics every 200 ms, so that a test sees its fault in them."""
+    settings(statistics_interval_ms=200)
+    wait_until(lambda: pg.scalar("SHOW kafka.statistics_interval_ms") == "200ms", 10,
+               what="the reload")
+    wait_until(lambda: pg.scalar("SELECT kafka_stats() IS NOT NULL"), 30,
+               what="the first statistics")
+
+
+def last_id(pg):
+    return pg.scalar("SELECT last_value FROM kafka.message_id_seq")
+
+
+def delivered_after(pg, topic, message_id):
+    """Whether a message enqueued after message_id is delivered: the mock
+    cluster fails the next produce requests it was told to, in order, so a
+    produce request made after that succeeded only once those failed."""
+    return pg.scalar("SELECT EXISTS (SELECT FROM kafka.messages WHERE topic = %s "
+                     "AND id > %s AND status = 'delivered')", (topic, message_id))
+
+
+def wait_for_traffic(pg, topic, runner):
+    """Until the workload's messages are being delivered, and it still runs."""
+    wait_until(lambda: pg.scalar("SELECT count(*) FROM kafka.messages WHERE topic = %s "
+                                 "AND status = 'delivered'", (topic,)) > 0,
+               60, what=f"deliveries of {topic} to begin")
+    assert runner.is_alive(), "the workload ended before the fault"
+
+
+def test_first_bootstrap_broker_down_then_leader_change(pg, kafka, settings):
+    """Broker 1, named first in kafka.bootstrap_servers, goes down while
+    messages are delivered; its partitions move to the others; then
+    leadership moves again.  The producer saw both: broker 1's connection
+    dropped, and the leaders it knows are the last ones set."""
     topic = "fault_leaders"
     kafka.command(f"create {topic} 4 3")
+    fresh_statistics(settings, pg)
+    disconnects = broker_counter(pg, "disconnects", nodeid=1)
     workload = Workload(pg, topic, keys=20, seed=12)
     runner = threading.Thread(target=workload.run,
                               kwargs=dict(sessions=3, transactions=120, max_size=30))
     runner.start()
     try:
-        time.sleep(0.5)
+        wait_for_traffic(pg, topic, runner)
         kafka.command("down 1")
         for partition in range(4):
             kafka.command(f"leader {topic} {partition} {2 + partition % 2}")
-        time.sleep(2)
+        wait_until(lambda: broker_counter(pg, "disconnects", nodeid=1) > disconnects, 30,
+                   what="the producer to lose broker 1")
         for partition in range(4):
             kafka.command(f"leader {topic} {partition} {3 - partition % 2}")
     finally:
         runner.join()
         kafka.command("up 1")
     pg.wait_until_final(topic)
+    wait_until(lambda: pg.query("SELECT \"partition\", leader FROM kafka_topics() "
+                                "WHERE topic = %s ORDER BY 1", (topic,)) ==
+               [(p, 3 - p % 2) for p in range(4)], 30,
+               what="the producer to follow the last leader change")
     assert_clean(account(pg, kafka.bootstrap, workload, "bootstrap broker down, leader changes"))
 
 
@@ -129,14 +177,17 @@ def test_retriable_produce_errors(pg, kafka, settings, max_in_flight):
     topic = f"fault_retriable_{max_in_flight}"
     workload = Workload(pg, topic, keys=20, seed=13)
     runner = threading.Thread(target=workload.run,
-                              kwargs=dict(sessions=3, transactions=100, max_size=30))
+                              kwargs=dict(sessions=3, transactions=300, max_size=30))
     runner.start()
     try:
+        wait_for_traffic(pg, topic, runner)
         for error in ("NOT_LEADER_FOR_PARTITION", "REQUEST_TIMED_OUT",
                       "NOT_ENOUGH_REPLICAS", "LEADER_NOT_AVAILABLE"):
-            time.sleep(0.3)
             kafka.command(f"produce_errors {error} 5")
             kafka.command(f"leader {topic} {len(error) % 4} {1 + len(error) % 3}")
+            injected_at = last_id(pg)
+            wait_until(lambda: delivered_after(pg, topic, injected_at), 30,
+                       what=f"the produce requests refused with {error} to pass")
     finally:
         runner.join()
     pg.wait_until_final(workload.topic)

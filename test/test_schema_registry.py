@@ -231,3 +231,32 @@ def test_basic_auth_from_netrc_file(pg, kafka, settings, tmp_path):
                                             "WHERE name LIKE 'kafka.%'"))
     finally:
         secured.stop()
+
+
+def test_slow_registry_stalls_nothing_else(pg, kafka, registered):
+    """While a registration hangs for 8 s, the worker still answers
+    kafka_send_sync of another topic and kafka_wait as quickly as usual; the
+    Avro message, and those enqueued after it, go once the registry answers."""
+    earlier = pg.scalar("SELECT kafka_send('registry_slow_plain', 'before')")
+    assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (earlier,)) == "delivered"
+    registered.hang(8)
+    try:
+        pg.query("SELECT kafka_send_avro('registry_slow', 11::bigint)")
+        wait_until(lambda: posts(registered, "registry_slow-value"), 10,
+                   what="the registration to start")
+        started = time.monotonic()
+        latencies = []
+        while time.monotonic() - started < 5:
+            before = time.monotonic()
+            assert pg.scalar("SELECT (kafka_send_sync('registry_slow_plain', 'x')).id") > 0
+            assert pg.scalar("SELECT kafka_wait(%s, '30 seconds')", (earlier,)) == "delivered"
+            latencies.append(time.monotonic() - before)
+        print(f"while the registry hung: {len(latencies)} sync sends and waits, "
+              f"slowest {max(latencies):.3f} s", flush=True)
+        # an answer that waited for the registry would have taken 8 s
+        assert max(latencies) < 4
+        assert dict(pg.query("SELECT status, count(*) FROM kafka.messages "
+                             "WHERE topic = 'registry_slow' GROUP BY status")) == {"pending": 1}
+    finally:
+        registered.hang(0)
+    assert pg.wait_until_final("registry_slow") == {"delivered": 1}
