@@ -87,6 +87,10 @@ AS $$
 DECLARE
 	current_status text;
 BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot retry Kafka messages on a standby'
+			USING ERRCODE = 'read_only_sql_transaction', HINT = 'Retry them on the primary.';
+	END IF;
 	WITH moved AS (
 		DELETE FROM kafka.failed WHERE id = message_id
 		RETURNING id, topic, key, value, headers, "partition", enqueued_at, enqueued_by)
@@ -118,6 +122,10 @@ DECLARE
 	first_id bigint;
 	requeued bigint;
 BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot retry Kafka messages on a standby'
+			USING ERRCODE = 'read_only_sql_transaction', HINT = 'Retry them on the primary.';
+	END IF;
 	WITH moved AS (
 		DELETE FROM kafka.failed f
 		 WHERE kafka_retry_failed.topic IS NULL OR f.topic = kafka_retry_failed.topic

@@ -42,6 +42,7 @@ extern int	kp_max_attempts;
 extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
 extern char *kp_id_header;
+extern int	kp_shutdown_timeout_ms;
 extern void kp_settings_init(void);
 
 /* producer_settings.c: the producer's kafka.* settings */

@@ -552,6 +552,8 @@ track_in_flight(KpMessage *msg)
 	KpInFlight *entry = in_flight_insert(in_flight, msg->id, &found);
 
 	entry->outbox_row = msg->outbox_row;
+	/* kafka_stats() shows it at once, also while no report comes */
+	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, in_flight->members);
 }
 
 /*
@@ -650,6 +652,7 @@ void
 kp_producer_forget(int64 id)
 {
 	in_flight_delete(in_flight, id);
+	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, in_flight->members);
 }
 
 long

@@ -20,6 +20,7 @@ int			kp_max_attempts = 10;
 int			kp_status_retention = 86400;
 int			kp_message_max_bytes = 1000000;
 char	   *kp_id_header = NULL;
+int			kp_shutdown_timeout_ms = 5000;
 
 void
 kp_settings_init(void)
@@ -42,6 +43,12 @@ kp_settings_init(void)
 							"Largest message accepted, in bytes (key, value and headers).",
 							NULL, &kp_message_max_bytes, kp_message_max_bytes,
 							1000, 1000000000, PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("kafka.shutdown_timeout_ms",
+							"How long a stopping worker waits for Kafka to acknowledge what is in flight.",
+							"What is not acknowledged by then stays pending and is reconciled or sent again by the next worker; 0 = no wait.",
+							&kp_shutdown_timeout_ms, kp_shutdown_timeout_ms,
+							0, 600000, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomStringVariable("kafka.id_header",
 							   "Name of the record header that carries each message's id (empty = none).",

@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include <unistd.h>
 
 #include "executor/spi.h"
@@ -120,8 +121,9 @@ kafka_stats(PG_FUNCTION_ARGS)
 	producer = DirectFunctionCall1(jsonb_in,
 									 CStringGetDatum(read_producer_stats()));
 	initStringInfo(&ours);
-	appendStringInfo(&ours, "{\"kafka_producer\": {\"pending\": " INT64_FORMAT ", ",
-					 pending_messages());
+	appendStringInfo(&ours, "{\"kafka_producer\": {\"pending\": " INT64_FORMAT ", "
+					 "\"standby\": %s, ",
+					 pending_messages(), RecoveryInProgress() ? "true" : "false");
 	kp_shmem_counters_json(&ours);
 	appendStringInfoString(&ours, "}}");
 	PG_RETURN_DATUM(DirectFunctionCall2(jsonb_concat, producer,

@@ -31,6 +31,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -41,8 +42,7 @@
 
 PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 
-/* bounds on waiting for in-flight messages at shutdown and on reload */
-#define KP_SHUTDOWN_FLUSH_MS 5000
+/* bound on waiting for in-flight messages on reload */
 #define KP_RELOAD_FLUSH_MS 10000
 #define KP_IDLE_WAIT_MS 1000
 /* how often a registration in flight is looked at */
@@ -112,18 +112,19 @@ end_transaction(void)
 }
 
 /*
- * Runs one transactional step; an error is logged and the transaction
- * rolled back, and the worker carries on.  Returns false on error.
+ * Runs one transactional step, step(arg), which leaves its results in
+ * *arg; an error is logged and the transaction rolled back, and the worker
+ * carries on.  Returns false on error.
  */
 static bool
-run_guarded(void (*step) (void))
+run_guarded(void (*step) (void *arg), void *arg)
 {
 	MemoryContext context = CurrentMemoryContext;
 	volatile bool ok = true;
 
 	PG_TRY();
 	{
-		step();
+		step(arg);
 	}
 	PG_CATCH();
 	{
@@ -221,7 +222,7 @@ static bool extension_present;
 static char *extension_awaited = NULL;
 
 static void
-check_extension_step(void)
+check_extension_step(void *arg)
 {
 	char	   *version;
 	char	   *awaited;
@@ -255,7 +256,7 @@ wait_for_extension(void)
 {
 	while (!ShutdownRequestPending)
 	{
-		if (run_guarded(check_extension_step) && extension_present)
+		if (run_guarded(check_extension_step, NULL) && extension_present)
 			return;
 		wait_for_events(KP_IDLE_WAIT_MS);
 		CHECK_FOR_INTERRUPTS();
@@ -267,8 +268,6 @@ wait_for_extension(void)
 	}
 }
 
-static int	sync_recorded;
-
 static bool
 prune_due(void)
 {
@@ -276,10 +275,13 @@ prune_due(void)
 									  KP_PRUNE_INTERVAL_MS);
 }
 
+/* *arg: how many kafka_send_sync() outcomes it recorded */
 static void
-record_step(void)
+record_step(void *arg)
 {
-	sync_recorded = 0;
+	int		   *sync_recorded = arg;
+
+	*sync_recorded = 0;
 	begin_transaction("recording deliveries");
 	extension_present = kp_extension_ready();
 	if (!extension_present)
@@ -289,7 +291,7 @@ record_step(void)
 	}
 	if (reports.count > 0)
 		kp_outbox_record(&reports);
-	sync_recorded = kp_sync_record();
+	*sync_recorded = kp_sync_record();
 	if (prune_due())
 	{
 		kp_outbox_prune();
@@ -335,6 +337,7 @@ static bool
 record_reports(bool all)
 {
 	bool		resend = false;
+	int			sync_recorded;
 
 	if (reports.count == 0 && !kp_sync_record_due(all) && !prune_due())
 		return true;
@@ -342,7 +345,7 @@ record_reports(bool all)
 	for (int i = 0; i < held.count; i++)
 		copy_report(&reports, &held.reports[i]);
 	kp_report_clear(&held);
-	if (!run_guarded(record_step))
+	if (!run_guarded(record_step, &sync_recorded))
 		return false;
 	kp_outbox_apply_moves();
 	kp_sync_forget_recorded();
@@ -362,7 +365,6 @@ record_reports(bool all)
 		resend |= (report->outcome == KP_RETRIABLE ||
 				   report->outcome == KP_RETURNED);
 	}
-	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, kp_producer_in_flight_count());
 	if (reports.count > 0)
 		queue_full = false;
 	kp_report_clear(&reports);
@@ -376,7 +378,7 @@ record_reports(bool all)
 
 /* tells sessions waiting in COMMIT (kafka.wait_on_commit) what is final */
 static void
-answer_commit_waits_step(void)
+answer_commit_waits_step(void *arg)
 {
 	begin_transaction("answering commits that wait for Kafka");
 	kp_commit_wait_answer();
@@ -384,34 +386,41 @@ answer_commit_waits_step(void)
 }
 
 static bool reconcile_needed = false;
-static bool reconciled;
 
+/* *arg: whether Kafka could be read, and the reconciliation is done */
 static void
-reconcile_step(void)
+reconcile_step(void *arg)
 {
+	bool	   *reconciled = arg;
+
 	begin_transaction("reconciling pending messages with Kafka");
 	extension_present = kp_extension_ready();
-	reconciled = !extension_present || kp_reconcile();
+	*reconciled = !extension_present || kp_reconcile();
 	end_transaction();
 }
 
-static int64 send_from;
-static int64 send_last;
+/* a round of sending: it scans the ids after from, and sent up to last */
+typedef struct KpRound
+{
+	int64		from;
+	int64		last;
+} KpRound;
 
 static void
-send_step(void)
+send_step(void *arg)
 {
+	KpRound    *round = arg;
 	int64		floor;
 
 	begin_transaction("sending messages");
 	floor = kp_committing_scan_floor(GetActiveSnapshot());
-	send_from = Min(send_from, floor - 1);
-	send_last = send_from;
+	round->from = Min(round->from, floor - 1);
+	round->last = round->from;
 	extension_present = kp_extension_ready();
 	if (extension_present && !kp_delivery_held())
-		send_last = kp_outbox_send_round(send_from,
-										 KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
-										 &reports, &queue_full, &held_back);
+		round->last = kp_outbox_send_round(round->from,
+										   KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
+										   &reports, &queue_full, &held_back);
 	end_transaction();
 }
 
@@ -420,23 +429,23 @@ static int64 empty_scan_from = -1;
 static TimestampTz empty_scan_at = 0;
 
 /*
- * Whether a scan from send_from would find nothing: the last one from there
+ * Whether a scan from from would find nothing: the last one from there
  * found nothing, and nothing was committed since.  Every commit lowers the
  * rescan position, so committed_behind says so.  A scan once a second
  * regardless guards against anything this reasoning missed.
  */
 static bool
-scan_would_find_nothing(int64 committed_behind)
+scan_would_find_nothing(int64 from, int64 committed_behind)
 {
 	return committed_behind == PG_INT64_MAX && !kp_committing_any() &&
-		send_from == empty_scan_from &&
+		from == empty_scan_from &&
 		!TimestampDifferenceExceeds(empty_scan_at, GetCurrentTimestamp(),
 									KP_IDLE_WAIT_MS);
 }
 
 /* a registry answer may release the messages held back for it */
 static void
-poll_registry_step(void)
+poll_registry_step(void *arg)
 {
 	if (kp_registry_poll())
 		empty_scan_from = -1;
@@ -450,6 +459,8 @@ static bool
 send_pending(void)
 {
 	int64		committed_behind;
+	bool		reconciled;
+	KpRound		round;
 
 	if (rewinding && kp_producer_in_flight_count() == 0)
 	{
@@ -461,33 +472,33 @@ send_pending(void)
 		return false;
 	if (reconcile_needed)
 	{
-		if (!run_guarded(reconcile_step) || !reconciled)
+		if (!run_guarded(reconcile_step, &reconciled) || !reconciled)
 			return false;
 		reconcile_needed = false;
 	}
 
 	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
 	committed_behind = kp_shmem_take_rescan_from();
-	send_from = Min(scan_after, committed_behind - 1);
-	if (scan_would_find_nothing(committed_behind))
+	round.from = Min(scan_after, committed_behind - 1);
+	if (scan_would_find_nothing(round.from, committed_behind))
 		return false;
-	if (!run_guarded(send_step))
+	if (!run_guarded(send_step, &round))
 	{
 		scan_after = 0;
 		empty_scan_from = -1;
 		return false;
 	}
-	scan_after = send_last;
+	scan_after = round.last;
 	empty_scan_from = -1;
-	if (send_last == send_from && !queue_full)
+	if (round.last == round.from && !queue_full)
 	{
-		empty_scan_from = send_from;
+		empty_scan_from = round.from;
 		empty_scan_at = GetCurrentTimestamp();
 		/* found records wait for their messages behind a held one */
 		if (!held_back)
 			kp_reconcile_done();
 	}
-	return send_last != send_from && !queue_full;
+	return round.last != round.from && !queue_full;
 }
 
 /*
@@ -531,7 +542,13 @@ stop_producer(void)
 }
 
 static void
-load_topic_config_step(void)
+send_sync_requests_step(void *arg)
+{
+	kp_sync_send_requested();
+}
+
+static void
+load_topic_config_step(void *arg)
 {
 	begin_transaction("reading kafka.topic_config");
 	kp_topic_config_load();
@@ -545,7 +562,7 @@ load_topic_config_step(void)
 static char *
 settings_fingerprint(void)
 {
-	run_guarded(load_topic_config_step);
+	run_guarded(load_topic_config_step, NULL);
 	return psprintf("%s%s", kp_producer_settings_fingerprint(),
 					kp_topic_config_fingerprint());
 }
@@ -605,10 +622,10 @@ deliver(MemoryContext loop_context)
 		/* sessions wait in kafka_send_sync(): serve them first */
 		kp_sync_poll();
 		if (kp_sync_requested())
-			run_guarded(kp_sync_send_requested);
+			run_guarded(send_sync_requests_step, NULL);
 		kp_producer_poll(&reports);
 		if (!record_reports(false) ||
-			(kp_commit_wait_pending() && !run_guarded(answer_commit_waits_step)))
+			(kp_commit_wait_pending() && !run_guarded(answer_commit_waits_step, NULL)))
 		{
 			wait_for_events(KP_ERROR_BACKOFF_MS);
 			continue;
@@ -623,12 +640,30 @@ deliver(MemoryContext loop_context)
 			continue;
 		}
 		if (kp_registry_in_flight())
-			run_guarded(poll_registry_step);
+			run_guarded(poll_registry_step, NULL);
 		more = send_pending();
 		if (!more)
 			wait_for_events(Min(kp_registry_in_flight() ? KP_REGISTRY_POLL_MS : KP_IDLE_WAIT_MS,
 								kp_sync_ms_until_record()));
 	}
+}
+
+/*
+ * Whether DROP DATABASE holds our database, and asked us to leave: it
+ * waits 5 s for the sessions it ended, and the messages go with the
+ * database anyway.
+ */
+static bool
+database_being_dropped(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
+	/* a session lock: no transaction is open at shutdown */
+	if (LockAcquire(&tag, AccessShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, true);
+	return false;
 }
 
 void
@@ -666,7 +701,8 @@ kafka_producer_worker_main(Datum main_arg)
 			(errmsg("kafka_producer worker shutting down with %ld messages in flight",
 					kp_producer_in_flight_count())));
 	rewinding = true;
-	drain_in_flight(KP_SHUTDOWN_FLUSH_MS);
+	if (!database_being_dropped())
+		drain_in_flight(kp_shutdown_timeout_ms);
 	stop_producer();
 
 	/* a non-zero exit code makes the postmaster start the worker again */

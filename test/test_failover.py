@@ -6,6 +6,9 @@ the rest: nothing lost, nothing twice, every key in order."""
 
 import threading
 
+import psycopg2
+import pytest
+
 from harness import PgCluster, wait_until
 from test_faults import in_flight, reconcile_report, reconciled_count
 from workload import OwnKeysWorkload, account, assert_clean
@@ -41,6 +44,11 @@ def test_failover_to_synchronous_standby(kafka, slow_brokers):
         runner.join()
         assert sent > 0, "nothing was in flight at the stop"
         assert kafka_workers(standby) == 0, "a standby's worker ran"
+        # a standby says so, and refuses to re-queue in one clear line
+        assert standby.scalar("SELECT kafka_stats()->'kafka_producer'->'standby'") is True
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction,
+                           match="cannot retry Kafka messages on a standby"):
+            standby.query("SELECT kafka_retry_failed()")
 
         standby.pg_ctl("promote")
         standby.wait_for_worker()
