@@ -10,6 +10,7 @@ OBJS = \
 	src/recorded_offsets.o \
 	src/reconcile.o \
 	src/tables.o \
+	src/backlog.o \
 	src/wait.o \
 	src/message.o \
 	src/drop_guard.o \

@@ -7,6 +7,13 @@ SELECT count(*) AS held FROM kafka.delivery_hold;
 -- kafka_send and published writes do not hold
 SELECT kafka_send('hold', 'sent') > 0 AS sent;
 SELECT count(*) AS held FROM kafka.delivery_hold;
+-- what waits, per topic and in all (no broker is reachable here)
+SELECT topic, pending, pending_bytes, failed, oldest_pending_age > '0' AS has_age
+  FROM kafka.topic_backlog WHERE topic = 'hold';
+SELECT pending > 0 AS pending, pending_bytes > 0 AS pending_bytes,
+	   oldest_pending_age > '0' AS has_age, worker_pid IS NOT NULL AS worker,
+	   standby, held, brokers_up
+  FROM kafka.health;
 -- nothing to discard while delivery runs
 SELECT kafka_discard();
 
@@ -24,6 +31,7 @@ COPY kafka.outbox_batch (first_id, topic, keys, "values", enqueued_at) FROM stdi
 \.
 SELECT held, reason FROM kafka.delivery_hold;
 SELECT id, topic, status FROM kafka.messages WHERE topic = 'hold_restored' ORDER BY id;
+SELECT held FROM kafka.health;
 
 -- discarded while held: one topic's, then the rest
 SELECT kafka_discard('no_such_topic');

@@ -901,3 +901,78 @@ CREATE TABLE kafka.recorded_offsets (
 	PRIMARY KEY (topic, "partition")
 );
 
+/*
+ * ---------------------------------------------------------------------
+ * Lag and health, for dashboards and alerts
+ * ---------------------------------------------------------------------
+ */
+
+/* The backlog as shared memory counts it: cheap at any rate. */
+CREATE FUNCTION kafka.backlog(OUT pending bigint, OUT pending_bytes bigint,
+							  OUT last_delivery_at timestamptz)
+	RETURNS record
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'kafka_backlog';
+
+/*
+ * One row on the whole queue and the worker, cheap enough to scrape every
+ * few seconds: counts from shared memory, the oldest pending message
+ * through the primary keys.
+ */
+CREATE VIEW kafka.health AS
+	SELECT b.pending, b.pending_bytes,
+		   now() - least((SELECT o.enqueued_at FROM kafka.outbox o ORDER BY o.id LIMIT 1),
+						 (SELECT q.enqueued_at FROM kafka.outbox_batch q
+						   ORDER BY q.first_id LIMIT 1)) AS oldest_pending_age,
+		   (SELECT count(*) FROM kafka.failed) AS failed,
+		   b.last_delivery_at,
+		   (w.s->>'delivered')::bigint AS delivered_total,
+		   (w.s->>'failed')::bigint AS failed_total,
+		   (w.s->>'in_flight')::bigint AS in_flight,
+		   nullif((w.s->>'worker_pid')::integer, 0) AS worker_pid,
+		   (w.s->>'standby')::boolean AS standby,
+		   (SELECT count(*) FROM @extschema@.kafka_brokers() AS k WHERE k.state = 'UP') AS brokers_up,
+		   EXISTS (SELECT FROM kafka.delivery_hold) AS held,
+		   w.s->>'last_error' AS last_error,
+		   (w.s->>'last_error_at')::timestamptz AS last_error_at
+	  FROM kafka.backlog() AS b,
+		   (SELECT @extschema@.kafka_stats()->'kafka_producer' AS s) AS w;
+
+COMMENT ON VIEW kafka.health IS
+	'the backlog, the oldest pending message''s age, failures and the worker''s state, cheap to scrape';
+
+/*
+ * Per topic: what waits, what failed, and what was delivered in the last
+ * minute.  It reads every pending row: a dashboard's view, not one to
+ * scrape every few seconds on a large backlog (README, Monitoring).
+ */
+CREATE VIEW kafka.topic_backlog AS
+	SELECT topic, coalesce(p.pending, 0)::bigint AS pending,
+		   coalesce(p.pending_bytes, 0)::bigint AS pending_bytes,
+		   now() - p.oldest_enqueued_at AS oldest_pending_age,
+		   coalesce(f.failed, 0) AS failed,
+		   coalesce(d.delivered_last_minute, 0) AS delivered_last_minute,
+		   d.last_delivery_at
+	  FROM (SELECT topic, sum(n) AS pending, sum(bytes) AS pending_bytes,
+				   min(oldest) AS oldest_enqueued_at
+			  FROM (SELECT topic, count(*) AS n,
+						   sum(coalesce(octet_length(key), 0) + coalesce(octet_length(value), 0)) AS bytes,
+						   min(enqueued_at) AS oldest
+					  FROM kafka.outbox GROUP BY topic
+					UNION ALL
+					SELECT topic, sum(cardinality(keys)),
+						   sum((SELECT coalesce(sum(octet_length(e)), 0)
+								  FROM unnest(keys || "values") AS e)),
+						   min(enqueued_at)
+					  FROM kafka.outbox_batch GROUP BY topic) AS q
+			 GROUP BY topic) AS p
+	  FULL JOIN (SELECT topic, count(*) AS failed FROM kafka.failed GROUP BY topic) AS f
+			USING (topic)
+	  FULL JOIN (SELECT topic, count(*) AS delivered_last_minute,
+						max(delivered_at) AS last_delivery_at
+				   FROM kafka.delivered WHERE delivered_at > now() - interval '1 minute'
+				  GROUP BY topic) AS d USING (topic);
+
+COMMENT ON VIEW kafka.topic_backlog IS
+	'per topic: pending messages and bytes, the oldest one''s age, failures, deliveries of the last minute';
+
+REVOKE ALL ON FUNCTION kafka.backlog() FROM PUBLIC;

@@ -76,6 +76,7 @@ typedef struct KpMessage
 	rd_kafka_headers_t *headers;	/* ownership passes to the producer */
 	int32		partition;		/* RD_KAFKA_PARTITION_UA to let Kafka choose */
 	TimestampTz enqueued_at;
+	int64		stored_bytes;	/* key and value as the queue holds them */
 } KpMessage;
 
 typedef enum KpSendResult
@@ -111,7 +112,7 @@ extern void kp_producer_return_queued(void);
 extern bool kp_producer_is_in_flight(int64 id);
 extern bool kp_producer_outbox_row(int64 id, KpRowVersion *row);
 extern void kp_producer_moved(int64 id, KpRowVersion *row);
-extern void kp_producer_forget(int64 id);
+extern int64 kp_producer_forget(int64 id);
 extern long kp_producer_in_flight_count(void);
 extern KpSendResult kp_producer_found(KpMessage *msg, KpReportBuffer *buf,
 									  int32 partition, int64 offset);

@@ -95,6 +95,60 @@ static bool xact_callback_registered = false;
  * kafka_flush(), one per transaction; past KP_MAX_SESSION_RANGES they are
  * merged into one, which may also cover other sessions' messages.
  */
+/*
+ * What the current transaction wrote to the queue, per subtransaction (a
+ * list of KpWritten in TopTransactionContext), and in all: it joins the
+ * backlog at commit, without what aborted subtransactions wrote.
+ */
+typedef struct KpWritten
+{
+	SubTransactionId subid;
+	int64		messages;
+	int64		bytes;			/* of keys and values */
+} KpWritten;
+
+static List *written = NIL;
+static int64 written_messages = 0;
+static int64 written_bytes = 0;
+
+static int64
+payload_bytes(const struct varlena *key, const struct varlena *value)
+{
+	return (key ? VARSIZE_ANY_EXHDR(key) : 0) +
+		(value ? VARSIZE_ANY_EXHDR(value) : 0);
+}
+
+/* Counts messages about to be written, refused past the backlog's limit. */
+static void
+note_written(int64 messages, int64 bytes)
+{
+	SubTransactionId current = GetCurrentSubTransactionId();
+	KpWritten  *last = written != NIL ? llast(written) : NULL;
+	MemoryContext old;
+
+	kp_backlog_check(written_messages + messages, written_bytes + bytes,
+					 messages, bytes);
+	if (last == NULL || last->subid != current)
+	{
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		last = palloc0(sizeof(KpWritten));
+		last->subid = current;
+		written = lappend(written, last);
+		MemoryContextSwitchTo(old);
+	}
+	last->messages += messages;
+	last->bytes += bytes;
+	written_messages += messages;
+	written_bytes += bytes;
+}
+
+static void
+forget_written(void)
+{
+	written = NIL;
+	written_messages = written_bytes = 0;
+}
+
 #define KP_MAX_SESSION_RANGES 1024
 static KpIdRange session_ranges[KP_MAX_SESSION_RANGES];
 static int	session_range_count = 0;
@@ -143,11 +197,14 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_PRE_COMMIT && xact_first_id >= 0 &&
 		TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		kp_committing_register(GetTopTransactionIdIfAny(), xact_first_id);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+		kp_backlog_add(written_messages, written_bytes);
 	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PARALLEL_PRE_COMMIT &&
 		event != XACT_EVENT_PRE_PREPARE)
 	{
 		/* they lived in TopTransactionContext */
 		buffered = NIL;
+		forget_written();
 	}
 	if (xact_first_id < 0)
 		return;
@@ -343,6 +400,7 @@ kp_enqueue(KpNewMessage *msg)
 	outbox_columns(msg, values, nulls);
 	if (buffered != NIL)
 		assign_buffered_ids();
+	note_written(1, payload_bytes(msg->key, msg->value));
 	id = insert_outbox_row(values, nulls);
 	kp_enqueue_wake_at_commit(id);
 	return id;
@@ -512,7 +570,11 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 	TimestampTz now = GetCurrentTimestamp();
 	int			first = 0;
 	Size		bytes = 0;
+	int64		payload = 0;
 
+	for (int i = 0; i < count; i++)
+		payload += payload_bytes(msgs[i]->key, msgs[i]->value);
+	note_written(count, payload);
 	kp_indexes_open(rel, &indexes);
 	for (int i = 0; i < count; i++)
 	{
@@ -584,6 +646,9 @@ enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 		foreach(lc, buffered)
 			if (((KpBufferedMessage *) lfirst(lc))->subid == subid)
 				((KpBufferedMessage *) lfirst(lc))->subid = parent;
+		foreach(lc, written)
+			if (((KpWritten *) lfirst(lc))->subid == subid)
+				((KpWritten *) lfirst(lc))->subid = parent;
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
@@ -595,6 +660,17 @@ enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 				continue;
 			buffered = foreach_delete_current(buffered, lc);
 			pfree(msg);
+		}
+		foreach(lc, written)
+		{
+			KpWritten  *w = lfirst(lc);
+
+			if (w->subid < subid)
+				continue;
+			written_messages -= w->messages;
+			written_bytes -= w->bytes;
+			written = foreach_delete_current(written, lc);
+			pfree(w);
 		}
 	}
 }

@@ -34,6 +34,7 @@ _PG_init(void)
 	kp_drop_guard_init();
 	kp_commit_wait_init();
 	kp_schema_registry_init();
+	kp_backlog_init();
 	MarkGUCPrefixReserved("kafka");
 	kp_shmem_init();
 	kp_committing_init();

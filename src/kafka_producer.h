@@ -120,6 +120,18 @@ extern void kp_shmem_counters_json(StringInfo json);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
 
+/* backlog.c: what waits for Kafka, and its limit */
+extern void kp_backlog_init(void);
+extern void kp_backlog_read(int64 *messages, int64 *bytes);
+extern void kp_backlog_add(int64 messages, int64 bytes);
+extern void kp_backlog_remove(int64 messages, int64 bytes);
+extern void kp_backlog_delivered_now(void);
+extern void kp_backlog_set(int64 messages, int64 bytes);
+extern uint64 kp_backlog_mark(void);
+extern void kp_backlog_empty(uint64 mark);
+extern void kp_backlog_check(int64 total_messages, int64 total_bytes,
+							 int64 added_messages, int64 added_bytes);
+
 /* committing.c: transactions a scan must take whole */
 extern void kp_committing_init(void);
 extern void kp_committing_register(TransactionId xid, int64 first_id);

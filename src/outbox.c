@@ -309,6 +309,7 @@ source_message(KpScanSource *src, KpMessage *msg)
 		batch_bytes_of(src->values, src->value_nulls, src->next, &msg->value,
 					   &msg->value_len);
 		msg->partition = RD_KAFKA_PARTITION_UA;
+		msg->stored_bytes = msg->key_len + msg->value_len;
 		return;
 	}
 	msg->outbox_row.batch_first_id = 0;
@@ -317,6 +318,7 @@ source_message(KpScanSource *src, KpMessage *msg)
 	bytes_of(slot, OUTBOX_VALUE, &msg->value, &msg->value_len);
 	msg->partition = slot->tts_isnull[OUTBOX_PARTITION] ? RD_KAFKA_PARTITION_UA :
 		DatumGetInt32(slot->tts_values[OUTBOX_PARTITION]);
+	msg->stored_bytes = msg->key_len + msg->value_len;
 }
 
 /* Hands the source's next message to the producer. */

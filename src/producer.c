@@ -34,6 +34,7 @@ typedef struct KpInFlight
 {
 	int64		id;				/* hash key */
 	KpRowVersion outbox_row;
+	int64		stored_bytes;	/* its key and value, for the backlog */
 	char		status;			/* used by simplehash */
 } KpInFlight;
 
@@ -552,6 +553,7 @@ track_in_flight(KpMessage *msg)
 	KpInFlight *entry = in_flight_insert(in_flight, msg->id, &found);
 
 	entry->outbox_row = msg->outbox_row;
+	entry->stored_bytes = msg->stored_bytes;
 	/* kafka_stats() shows it at once, also while no report comes */
 	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, in_flight->members);
 }
@@ -648,11 +650,16 @@ kp_producer_moved(int64 id, KpRowVersion *row)
 		entry->outbox_row = *row;
 }
 
-void
+/* Forgets a message in flight; returns its stored bytes. */
+int64
 kp_producer_forget(int64 id)
 {
+	KpInFlight *entry = in_flight_lookup(in_flight, id);
+	int64		stored_bytes = entry != NULL ? entry->stored_bytes : 0;
+
 	in_flight_delete(in_flight, id);
 	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, in_flight->members);
+	return stored_bytes;
 }
 
 long

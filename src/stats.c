@@ -16,7 +16,6 @@
 #include "access/xlog.h"
 #include <unistd.h>
 
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "storage/fd.h"
@@ -90,21 +89,15 @@ read_producer_stats(void)
 	return json.data;
 }
 
+/* as the backlog counts them: kafka_stats() is scraped, and must be cheap */
 static int64
 pending_messages(void)
 {
-	bool		isnull;
-	int64		pending;
+	int64		messages;
+	int64		bytes;
 
-	if (SPI_connect() != SPI_OK_CONNECT ||
-		SPI_execute("SELECT (SELECT count(*) FROM kafka.outbox) + "
-					"(SELECT coalesce(sum(cardinality(keys)), 0) FROM kafka.outbox_batch)::bigint",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not count pending Kafka messages");
-	pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										  SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	return pending;
+	kp_backlog_read(&messages, &bytes);
+	return messages;
 }
 
 /*

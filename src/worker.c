@@ -268,6 +268,34 @@ wait_for_extension(void)
 	}
 }
 
+/*
+ * Counts the queue tables for the backlog, which backends and the worker
+ * then keep up to date: at the start, and when the extension reappears.
+ */
+static void
+count_backlog_step(void *arg)
+{
+	bool		isnull;
+
+	begin_transaction("counting the messages waiting for Kafka");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT (SELECT count(*) FROM kafka.outbox) + "
+					"  (SELECT coalesce(sum(cardinality(keys)), 0) FROM kafka.outbox_batch)::bigint, "
+					"(SELECT coalesce(sum(coalesce(octet_length(key), 0) + "
+					"  coalesce(octet_length(value), 0)), 0) FROM kafka.outbox) + "
+					"  (SELECT coalesce(sum((SELECT coalesce(sum(octet_length(e)), 0) "
+					"   FROM unnest(keys || \"values\") AS e)), 0) FROM kafka.outbox_batch)::bigint",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the messages waiting for Kafka");
+	kp_backlog_set(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull)),
+				   DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 2, &isnull)));
+	SPI_finish();
+	end_transaction();
+}
+
 static bool
 prune_due(void)
 {
@@ -318,6 +346,18 @@ count_outcome(KpReport *report)
 										 report->id));
 }
 
+/* Lets go of a recorded report's message; a final one leaves the backlog. */
+static void
+forget_report(KpReport *report)
+{
+	int64		stored_bytes = kp_producer_forget(report->id);
+
+	if (report->outcome == KP_DELIVERED)
+		kp_backlog_delivered_now();
+	if (report->outcome == KP_DELIVERED || report->outcome == KP_FAILED)
+		kp_backlog_remove(1, stored_bytes);
+}
+
 /* Adds a delivery report to buf. */
 static void
 copy_report(KpReportBuffer *buf, KpReport *report)
@@ -360,7 +400,7 @@ record_reports(bool all)
 			copy_report(&held, report);
 			continue;
 		}
-		kp_producer_forget(report->id);
+		forget_report(report);
 		count_outcome(report);
 		resend |= (report->outcome == KP_RETRIABLE ||
 				   report->outcome == KP_RETURNED);
@@ -399,11 +439,16 @@ reconcile_step(void *arg)
 	end_transaction();
 }
 
-/* a round of sending: it scans the ids after from, and sent up to last */
+/*
+ * A round of sending: it scans the ids after from, and sent up to last;
+ * scanned is false when there was nothing to scan (delivery held, or the
+ * extension gone).
+ */
 typedef struct KpRound
 {
 	int64		from;
 	int64		last;
+	bool		scanned;
 } KpRound;
 
 static void
@@ -417,7 +462,8 @@ send_step(void *arg)
 	round->from = Min(round->from, floor - 1);
 	round->last = round->from;
 	extension_present = kp_extension_ready();
-	if (extension_present && !kp_delivery_held())
+	round->scanned = extension_present && !kp_delivery_held();
+	if (round->scanned)
 		round->last = kp_outbox_send_round(round->from,
 										   KP_MAX_IN_FLIGHT - kp_producer_in_flight_count(),
 										   &reports, &queue_full, &held_back);
@@ -461,6 +507,7 @@ send_pending(void)
 	int64		committed_behind;
 	bool		reconciled;
 	KpRound		round;
+	uint64		backlog_mark;
 
 	if (rewinding && kp_producer_in_flight_count() == 0)
 	{
@@ -478,6 +525,7 @@ send_pending(void)
 	}
 
 	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
+	backlog_mark = kp_backlog_mark();
 	committed_behind = kp_shmem_take_rescan_from();
 	round.from = Min(scan_after, committed_behind - 1);
 	if (scan_would_find_nothing(round.from, committed_behind))
@@ -497,6 +545,10 @@ send_pending(void)
 		/* found records wait for their messages behind a held one */
 		if (!held_back)
 			kp_reconcile_done();
+		/* all below from is final, nothing after it: the queue is empty */
+		if (round.scanned && !held_back && kp_producer_in_flight_count() == 0 &&
+			committed_behind == PG_INT64_MAX && !kp_committing_any())
+			kp_backlog_empty(backlog_mark);
 	}
 	return round.last != round.from && !queue_full;
 }
@@ -635,6 +687,7 @@ deliver(MemoryContext loop_context)
 			/* dropped: its messages went with it */
 			stop_producer();
 			wait_for_extension();
+	run_guarded(count_backlog_step, NULL);
 			scan_after = 0;
 			start_producer();
 			continue;
@@ -694,6 +747,7 @@ kafka_producer_worker_main(Datum main_arg)
 	MemoryContextSwitchTo(loop_context);
 
 	wait_for_extension();
+	run_guarded(count_backlog_step, NULL);
 	start_producer();
 	deliver(loop_context);
 

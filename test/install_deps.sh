@@ -10,4 +10,4 @@ $sudo apt-get install -y -qq --no-install-recommends \
 	postgresql-15 postgresql-server-dev-15 \
 	librdkafka-dev libavro-dev libcurl4-openssl-dev kcat \
 	python3-kafka python3-lz4 python3-zstandard python3-snappy \
-	python3-psycopg2 python3-pytest python3-avro >/dev/null
+	python3-psycopg2 python3-pytest python3-avro python3-yaml >/dev/null

@@ -1,8 +1,17 @@
 """What an operator meets: a served database dropped while its worker
 waits on unreachable brokers, and the in-flight gauge during an outage."""
 
-from harness import PgCluster, wait_until
+import decimal
+import os
+import re
+
+import psycopg2
+import pytest
+import yaml
+
+from harness import PgCluster, consume_all, wait_until
 from test_faults import all_brokers, in_flight
+from workload import id_header
 
 
 def sent(pg):
@@ -37,3 +46,91 @@ def test_drop_database_force_while_brokers_are_down(kafka):
     finally:
         all_brokers(kafka, "up")
         cluster.destroy()
+
+
+def health(pg, column):
+    return pg.scalar(f"SELECT {column} FROM kafka.health")
+
+
+def test_bounded_backlog_through_an_outage(pg, kafka, settings):
+    """kafka.max_pending_messages = 3000 with every broker down: kafka_send
+    in transactions of 100 warns past 80 % and fails cleanly once the
+    backlog would pass 3,000, the limit and the backlog in the detail, and
+    so does a write to a published table; nothing committed is lost, and
+    once Kafka is back and the backlog drains, sending works again."""
+    topic = "ops_backlog"
+    pg.query("CREATE TABLE ops_backlog_published (id int PRIMARY KEY)")
+    pg.query("SELECT kafka_publish('ops_backlog_published')")
+    wait_until(lambda: health(pg, "pending") == 0, 60, what="an empty backlog")
+    settings(max_pending_messages=3000)
+    wait_until(lambda: pg.scalar("SHOW kafka.max_pending_messages") == "3000", 10,
+               what="the reload")
+    all_brokers(kafka, "down")
+    conn = pg.connect()
+    committed = 0
+    refused = None
+    try:
+        for _ in range(40):
+            try:
+                conn.cursor().execute(
+                    "SELECT count(kafka_send(%s, i::text, key => (i %% 10)::text)) "
+                    "FROM generate_series(1, 100) i", (topic,))
+            except psycopg2.errors.ProgramLimitExceeded as error:
+                refused = error
+                break
+            committed += 100
+        assert refused is not None, "the backlog was never refused"
+        assert committed == 3000
+        assert refused.diag.message_detail == (
+            "kafka.max_pending_messages allows 3000 messages; 3000 are pending, "
+            "and this transaction would add 1.")
+        assert sum("near kafka.max_pending_messages" in n for n in conn.notices) == 1
+        with pytest.raises(psycopg2.errors.ProgramLimitExceeded):
+            pg.query("INSERT INTO ops_backlog_published VALUES (1)")
+        assert health(pg, "pending") == 3000
+        assert health(pg, "oldest_pending_age > '0'")
+    finally:
+        conn.close()
+        all_brokers(kafka, "up")
+    assert pg.wait_until_final(topic, timeout=120) == {"delivered": committed}
+    records = consume_all(kafka.bootstrap, topic)
+    assert len(records) == committed
+    assert len({id_header(r) for r in records}) == committed
+    wait_until(lambda: health(pg, "pending") == 0, 60, what="the backlog to drain")
+    pg.query("INSERT INTO ops_backlog_published VALUES (1)")
+    assert pg.scalar("SELECT kafka_send(%s, 'after')", (topic,)) > 0
+    pg.query("SELECT kafka_unpublish('ops_backlog_published')")
+    pg.query("DROP TABLE ops_backlog_published")
+
+
+MONITORING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "monitoring")
+
+
+def test_exporter_queries_and_alert_rules(pg):
+    """Each query of docs/monitoring/postgres_exporter.yaml runs and returns
+    exactly its metrics' columns, numbers but for labels; the alert rules
+    use only metrics the file defines."""
+    with open(os.path.join(MONITORING, "postgres_exporter.yaml")) as f:
+        spec = yaml.safe_load(f)
+    defined = set()
+    for namespace, query in spec.items():
+        conn = pg.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(query["query"])
+            columns = [d.name for d in cur.description]
+            rows = cur.fetchall()
+        finally:
+            conn.close()
+        usage = {name: m["usage"] for metric in query["metrics"] for name, m in metric.items()}
+        assert set(columns) == set(usage), namespace
+        for row in rows:
+            for column, value in zip(columns, row):
+                if usage[column] != "LABEL":
+                    assert isinstance(value, (int, float, decimal.Decimal)), (namespace, column)
+        defined |= {f"{namespace}_{c}" for c, u in usage.items() if u != "LABEL"}
+    with open(os.path.join(MONITORING, "alerts.yml")) as f:
+        rules = yaml.safe_load(f)["groups"][0]["rules"]
+    for rule in rules:
+        used = set(re.findall(r"kafka_producer\w*", rule["expr"]))
+        assert used and used <= defined, rule["alert"]
