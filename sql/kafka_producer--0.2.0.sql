@@ -678,7 +678,11 @@ CREATE TRIGGER bind BEFORE INSERT ON kafka.publication
 	FOR EACH ROW EXECUTE FUNCTION kafka.bind_publication();
 ALTER TABLE kafka.publication ENABLE ALWAYS TRIGGER bind;
 
-/* Keeps the column names of kafka.publication current as columns are renamed. */
+/*
+ * Keeps kafka.publication current as published tables are altered: the
+ * names of renamed columns, and a row filter owned by the table's new
+ * owner after ALTER TABLE ... OWNER TO.
+ */
 CREATE FUNCTION kafka.follow_renamed_columns() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
@@ -689,6 +693,12 @@ BEGIN
 		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false)
 	  FROM pg_event_trigger_ddl_commands() c
 	 WHERE c.classid = 'pg_class'::regclass AND c.objid = p.relid;
+	UPDATE kafka.publication p
+	   SET row_filter_function = kafka.make_row_filter(p.relid, p.row_filter)
+	  FROM pg_class t, pg_proc f
+	 WHERE t.oid = p.relid AND f.oid = p.row_filter_function AND f.proowner <> t.relowner
+	   AND p.relid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+					    WHERE c.classid = 'pg_class'::regclass);
 END
 $$;
 CREATE EVENT TRIGGER kafka_follow_renamed_columns ON ddl_command_end

@@ -68,6 +68,17 @@ CREATE FUNCTION public.whoami() RETURNS name LANGUAGE sql
 SELECT kafka_publish('theirs', "where" => 'public.whoami() IS NOT NULL');
 SELECT who = 'kafka_owner' AS ran_as_table_owner FROM spied;
 
+-- a new owner of the table owns its filter: writes go on, as that owner
+CREATE ROLE kafka_heir;
+ALTER TABLE theirs OWNER TO kafka_heir;
+SELECT f.proowner::regrole AS filter_owner FROM kafka.publication p
+  JOIN pg_proc f ON f.oid = p.row_filter_function WHERE p.relid = 'theirs'::regclass;
+SET ROLE kafka_writer;
+INSERT INTO theirs VALUES (3, 'paid');
+RESET ROLE;
+ALTER TABLE theirs OWNER TO kafka_owner;
+DROP ROLE kafka_heir;
+
 SET ROLE kafka_owner;
 SELECT kafka_unpublish('theirs');
 DROP TABLE theirs;
