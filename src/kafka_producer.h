@@ -301,6 +301,7 @@ extern void kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values,
 extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern char *kp_extension_version(void);
 extern bool kp_extension_ready(void);
+extern bool kp_extension_is_current(const char *version);
 
 /* delivery_hold.c */
 extern bool kp_delivery_held(void);

@@ -100,7 +100,7 @@ kp_table_open(const char *name, const char *const *columns, int count,
 	if (has_columns(rel, columns, count))
 		return rel;
 	version = kp_extension_version();
-	if (version != NULL && strcmp(version, KP_EXTENSION_VERSION) != 0)
+	if (version != NULL && !kp_extension_is_current(version))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"%s\" must be updated to version %s",
@@ -256,8 +256,13 @@ kp_extension_version(void)
 bool
 kp_extension_ready(void)
 {
-	char	   *version = kp_extension_version();
+	return kp_extension_is_current(kp_extension_version());
+}
 
+/* Whether version, as kp_extension_version() gives it, is this library's. */
+bool
+kp_extension_is_current(const char *version)
+{
 	return version != NULL && strcmp(version, KP_EXTENSION_VERSION) == 0;
 }
 

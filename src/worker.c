@@ -229,7 +229,7 @@ check_extension_step(void *arg)
 
 	begin_transaction("checking for the extension");
 	version = kp_extension_version();
-	extension_present = version != NULL && strcmp(version, KP_EXTENSION_VERSION) == 0;
+	extension_present = kp_extension_is_current(version);
 	awaited = version == NULL ? "CREATE EXTENSION kafka_producer" :
 		psprintf("ALTER EXTENSION kafka_producer UPDATE (it is at version %s, the library at %s)",
 				 version, KP_EXTENSION_VERSION);
