@@ -655,9 +655,13 @@ int64
 kp_producer_forget(int64 id)
 {
 	KpInFlight *entry = in_flight_lookup(in_flight, id);
-	int64		stored_bytes = entry != NULL ? entry->stored_bytes : 0;
+	int64		stored_bytes = 0;
 
-	in_flight_delete(in_flight, id);
+	if (entry != NULL)
+	{
+		stored_bytes = entry->stored_bytes;
+		in_flight_delete_item(in_flight, entry);
+	}
 	kp_shmem_set_gauge(KP_COUNT_IN_FLIGHT, in_flight->members);
 	return stored_bytes;
 }
