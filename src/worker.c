@@ -280,12 +280,8 @@ count_backlog_step(void *arg)
 	begin_transaction("counting the messages waiting for Kafka");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT (SELECT count(*) FROM kafka.outbox) + "
-					"  (SELECT coalesce(sum(cardinality(keys)), 0) FROM kafka.outbox_batch)::bigint, "
-					"(SELECT coalesce(sum(coalesce(octet_length(key), 0) + "
-					"  coalesce(octet_length(value), 0)), 0) FROM kafka.outbox) + "
-					"  (SELECT coalesce(sum((SELECT coalesce(sum(octet_length(e)), 0) "
-					"   FROM unnest(keys || \"values\") AS e)), 0) FROM kafka.outbox_batch)::bigint",
+	if (SPI_execute("SELECT coalesce(sum(pending), 0)::bigint, "
+					"coalesce(sum(pending_bytes), 0)::bigint FROM kafka.topic_backlog",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the messages waiting for Kafka");
 	kp_backlog_set(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
