@@ -18,6 +18,7 @@ OBJS = \
 	src/publish_admin.o \
 	src/enqueue.o \
 	src/worker.o \
+	src/launcher.o \
 	src/producer.o \
 	src/outbox.o \
 	src/notify.o \

@@ -6,7 +6,7 @@ CREATE SCHEMA kafka;
 
 /*
  * Refuses installation unless the library was preloaded and this is the
- * database named by kafka.database: anywhere else nobody would deliver.
+ * database kafka.databases names: anywhere else nobody would deliver.
  */
 CREATE FUNCTION kafka.check_database() RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_database';

@@ -63,10 +63,10 @@ SELECT kafka_send('orders', 'v', headers => '"text"');
 SELECT kafka_send('orders', 'v', headers => '{"n": 1}');
 SELECT kafka_send('orders', 'v', headers => '{"nested": {"a": "b"}}');
 SELECT kafka_send('orders', repeat('x', 1000001));
-SELECT kafka_send('orders', repeat('x', 999918));
+SELECT kafka_send('orders', repeat('x', 999867));
 SELECT kafka_send('orders', repeat('x', 999960), key => repeat('k', 20));
 SELECT kafka_send('orders', 'v', headers => jsonb_build_object('h', repeat('x', 999960)));
-SELECT kafka_send('orders', repeat('x', 999917)) > 0 AS largest_value_accepted;
+SELECT kafka_send('orders', repeat('x', 999866)) > 0 AS largest_value_accepted;
 
 -- no sending from read-only transactions or prepared transactions
 BEGIN READ ONLY;

@@ -40,24 +40,24 @@ typedef struct KpBacklog
 	pg_atomic_uint64 last_delivery_at;	/* a TimestampTz; 0: none yet */
 } KpBacklog;
 
-static KpBacklog *backlog = NULL;
+static int	backlog_part = -1;
 
 static int	kp_max_pending_messages = 0;
 static int	kp_max_pending_kb = 0;
 static double kp_pending_warning_fraction = 0.8;
 
-static Size
-backlog_size(void)
+/* this database's backlog */
+static KpBacklog *
+my_backlog(void)
 {
-	return sizeof(KpBacklog);
+	return kp_shmem_database_part(backlog_part, false);
 }
 
 static void
-backlog_attach(void *memory, bool found)
+backlog_reset(void *memory)
 {
-	backlog = memory;
-	if (found)
-		return;
+	KpBacklog  *backlog = memory;
+
 	pg_atomic_init_u64(&backlog->messages, 0);
 	pg_atomic_init_u64(&backlog->bytes, 0);
 	pg_atomic_init_u64(&backlog->additions, 0);
@@ -79,7 +79,7 @@ kp_backlog_init(void)
 							 "Fraction of a pending limit past which enqueueing warns.",
 							 NULL, &kp_pending_warning_fraction, 0.8, 0.0, 1.0,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	kp_shmem_add("kafka_producer backlog", backlog_size, backlog_attach);
+	backlog_part = kp_shmem_add_database_part(sizeof(KpBacklog), backlog_reset);
 }
 
 static int64
@@ -91,14 +91,23 @@ read_signed(pg_atomic_uint64 *counter)
 void
 kp_backlog_read(int64 *messages, int64 *bytes)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	*messages = read_signed(&backlog->messages);
 	*bytes = read_signed(&backlog->bytes);
 }
 
-/* At commit of a transaction that enqueued messages. */
+/*
+ * At commit of a transaction that enqueued messages: no ERROR, and so
+ * nothing to add to if the database lost its slot meanwhile.
+ */
 void
 kp_backlog_add(int64 messages, int64 bytes)
 {
+	KpBacklog  *backlog = kp_shmem_database_part(backlog_part, true);
+
+	if (backlog == NULL)
+		return;
 	pg_atomic_fetch_add_u64(&backlog->additions, 1);
 	pg_atomic_fetch_add_u64(&backlog->messages, (uint64) messages);
 	pg_atomic_fetch_add_u64(&backlog->bytes, (uint64) bytes);
@@ -108,6 +117,8 @@ kp_backlog_add(int64 messages, int64 bytes)
 void
 kp_backlog_remove(int64 messages, int64 bytes)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	pg_atomic_fetch_sub_u64(&backlog->messages, (uint64) messages);
 	pg_atomic_fetch_sub_u64(&backlog->bytes, (uint64) bytes);
 }
@@ -115,6 +126,8 @@ kp_backlog_remove(int64 messages, int64 bytes)
 void
 kp_backlog_delivered_now(void)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	pg_atomic_write_u64(&backlog->last_delivery_at,
 						(uint64) GetCurrentTimestamp());
 }
@@ -123,6 +136,8 @@ kp_backlog_delivered_now(void)
 void
 kp_backlog_set(int64 messages, int64 bytes)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	pg_atomic_write_u64(&backlog->messages, (uint64) messages);
 	pg_atomic_write_u64(&backlog->bytes, (uint64) bytes);
 }
@@ -131,6 +146,8 @@ kp_backlog_set(int64 messages, int64 bytes)
 uint64
 kp_backlog_mark(void)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	return pg_atomic_read_u64(&backlog->additions);
 }
 
@@ -142,6 +159,8 @@ kp_backlog_mark(void)
 void
 kp_backlog_empty(uint64 mark)
 {
+	KpBacklog  *backlog = my_backlog();
+
 	if (pg_atomic_read_u64(&backlog->additions) == mark)
 		kp_backlog_set(0, 0);
 }
@@ -212,7 +231,7 @@ kafka_backlog(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "kafka.backlog must return a composite type");
 	kp_backlog_read(&messages, &bytes);
-	last = (TimestampTz) pg_atomic_read_u64(&backlog->last_delivery_at);
+	last = (TimestampTz) pg_atomic_read_u64(&my_backlog()->last_delivery_at);
 	values[0] = Int64GetDatum(messages);
 	values[1] = Int64GetDatum(bytes);
 	values[2] = TimestampTzGetDatum(last);

@@ -41,6 +41,7 @@ typedef struct KpCommitWaiter
 {
 	slock_t		mutex;
 	bool		waiting;		/* registered, not answered yet */
+	Oid			database;
 	int64		first_id;
 	int64		last_id;
 	bool		answered;
@@ -48,19 +49,16 @@ typedef struct KpCommitWaiter
 	char		first_error[KP_LAST_ERROR_LEN];
 } KpCommitWaiter;
 
-typedef struct KpCommitWaiters
-{
-	pg_atomic_uint32 registered;	/* slots with waiting set */
-	KpCommitWaiter slots[FLEXIBLE_ARRAY_MEMBER];
-} KpCommitWaiters;
+/* one per backend, indexed by pgprocno */
+static KpCommitWaiter *waiters = NULL;
 
-static KpCommitWaiters *waiters = NULL;
+/* in each database's slot: how many of its backends wait */
+static int	registered_part = -1;
 
 static Size
 shmem_size(void)
 {
-	return add_size(offsetof(KpCommitWaiters, slots),
-					mul_size(MaxBackends, sizeof(KpCommitWaiter)));
+	return mul_size(MaxBackends, sizeof(KpCommitWaiter));
 }
 
 static void
@@ -69,12 +67,23 @@ shmem_attach(void *memory, bool found)
 	waiters = memory;
 	if (found)
 		return;
-	pg_atomic_init_u32(&waiters->registered, 0);
 	for (int i = 0; i < MaxBackends; i++)
 	{
-		SpinLockInit(&waiters->slots[i].mutex);
-		waiters->slots[i].waiting = false;
+		SpinLockInit(&waiters[i].mutex);
+		waiters[i].waiting = false;
 	}
+}
+
+static void
+registered_reset(void *memory)
+{
+	pg_atomic_init_u32((pg_atomic_uint32 *) memory, 0);
+}
+
+static pg_atomic_uint32 *
+registered(bool missing_ok)
+{
+	return kp_shmem_database_part(registered_part, missing_ok);
 }
 
 void
@@ -86,12 +95,16 @@ kp_commit_wait_init(void)
 							 &kp_wait_on_commit, false,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	kp_shmem_add("kafka_producer commit waiters", shmem_size, shmem_attach);
+	registered_part = kp_shmem_add_database_part(sizeof(pg_atomic_uint32),
+												 registered_reset);
 }
 
 static void
-register_waiter(KpCommitWaiter *slot, int64 first_id, int64 last_id)
+register_waiter(KpCommitWaiter *slot, pg_atomic_uint32 *count, int64 first_id,
+				int64 last_id)
 {
 	SpinLockAcquire(&slot->mutex);
+	slot->database = MyDatabaseId;
 	slot->first_id = first_id;
 	slot->last_id = last_id;
 	slot->answered = false;
@@ -99,16 +112,16 @@ register_waiter(KpCommitWaiter *slot, int64 first_id, int64 last_id)
 	slot->first_error[0] = '\0';
 	slot->waiting = true;
 	SpinLockRelease(&slot->mutex);
-	pg_atomic_fetch_add_u32(&waiters->registered, 1);
+	pg_atomic_fetch_add_u32(count, 1);
 }
 
 static void
-unregister_waiter(KpCommitWaiter *slot)
+unregister_waiter(KpCommitWaiter *slot, pg_atomic_uint32 *count)
 {
 	SpinLockAcquire(&slot->mutex);
 	slot->waiting = false;
 	SpinLockRelease(&slot->mutex);
-	pg_atomic_fetch_sub_u32(&waiters->registered, 1);
+	pg_atomic_fetch_sub_u32(count, 1);
 }
 
 static bool
@@ -132,14 +145,18 @@ answered(KpCommitWaiter *slot, int64 *failed, char *first_error)
 void
 kp_commit_wait(int64 first_id, int64 last_id)
 {
-	KpCommitWaiter *slot = &waiters->slots[MyProc->pgprocno];
+	KpCommitWaiter *slot = &waiters[MyProc->pgprocno];
+	pg_atomic_uint32 *count = registered(true);
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   kp_producer_message_timeout_ms());
 	int64		failed = 0;
 	char		first_error[KP_LAST_ERROR_LEN];
 	bool		done = false;
 
-	register_waiter(slot, first_id, last_id);
+	/* the database lost its slot: no worker to wait for */
+	if (count == NULL)
+		return;
+	register_waiter(slot, count, first_id, last_id);
 	kp_shmem_wake_worker();
 	while (!(done = answered(slot, &failed, first_error)) &&
 		   !QueryCancelPending && !ProcDiePending)
@@ -153,7 +170,7 @@ kp_commit_wait(int64 first_id, int64 last_id)
 						 remaining, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
-	unregister_waiter(slot);
+	unregister_waiter(slot, count);
 
 	if (done && failed > 0)
 		ereport(WARNING,
@@ -180,7 +197,7 @@ kp_commit_wait(int64 first_id, int64 last_id)
 static void
 answer_if_final(int procno, int64 first_id, int64 last_id)
 {
-	KpCommitWaiter *slot = &waiters->slots[procno];
+	KpCommitWaiter *slot = &waiters[procno];
 	Oid			argtypes[] = {INT8OID, INT8OID};
 	Datum		args[] = {Int64GetDatum(first_id), Int64GetDatum(last_id)};
 	bool		isnull;
@@ -216,25 +233,26 @@ answer_if_final(int procno, int64 first_id, int64 last_id)
 bool
 kp_commit_wait_pending(void)
 {
-	return pg_atomic_read_u32(&waiters->registered) > 0;
+	return pg_atomic_read_u32(registered(false)) > 0;
 }
 
 /*
  * Worker side, in a transaction with SPI connected: answers every
- * registered waiter whose messages are all final.
+ * registered waiter of its database whose messages are all final.
  */
 void
 kp_commit_wait_answer(void)
 {
 	for (int procno = 0; procno < MaxBackends; procno++)
 	{
-		KpCommitWaiter *slot = &waiters->slots[procno];
+		KpCommitWaiter *slot = &waiters[procno];
 		bool		unanswered;
 		int64		first_id;
 		int64		last_id;
 
 		SpinLockAcquire(&slot->mutex);
-		unanswered = slot->waiting && !slot->answered;
+		unanswered = slot->waiting && !slot->answered &&
+			slot->database == MyDatabaseId;
 		first_id = slot->first_id;
 		last_id = slot->last_id;
 		SpinLockRelease(&slot->mutex);

@@ -18,8 +18,8 @@
  *	  position itself covers it.
  *
  *	  Locking: one slot per backend, indexed by MyBackendId, each with its
- *	  own spinlock; a backend writes only its slot, the worker reads all
- *	  and clears those it saw finished.
+ *	  own spinlock; a backend writes only its slot, a worker reads those of
+ *	  its database and clears those it saw finished.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +36,7 @@ typedef struct KpCommittingSlot
 {
 	slock_t		mutex;
 	TransactionId xid;			/* invalid: the slot is free */
+	Oid			database;
 	int64		first_id;
 } KpCommittingSlot;
 
@@ -86,6 +87,7 @@ kp_committing_register(TransactionId xid, int64 first_id)
 	if (!TransactionIdIsValid(slot->xid) || first_id < slot->first_id)
 		slot->first_id = first_id;
 	slot->xid = xid;
+	slot->database = MyDatabaseId;
 	SpinLockRelease(&slot->mutex);
 }
 
@@ -106,7 +108,7 @@ kp_committing_scan_floor(Snapshot snapshot)
 		TransactionId xid;
 
 		SpinLockAcquire(&slot->mutex);
-		xid = slot->xid;
+		xid = slot->database == MyDatabaseId ? slot->xid : InvalidTransactionId;
 		if (TransactionIdIsValid(xid))
 			floor = Min(floor, slot->first_id);
 		SpinLockRelease(&slot->mutex);
@@ -123,7 +125,10 @@ kp_committing_scan_floor(Snapshot snapshot)
 	return floor;
 }
 
-/* Whether any transaction is registered: a scan may find its messages. */
+/*
+ * Whether any transaction of this database is registered: a scan may find
+ * its messages.
+ */
 bool
 kp_committing_any(void)
 {
@@ -132,7 +137,8 @@ kp_committing_any(void)
 	for (int i = 0; i < MaxBackends && !any; i++)
 	{
 		SpinLockAcquire(&slots[i].mutex);
-		any = TransactionIdIsValid(slots[i].xid);
+		any = TransactionIdIsValid(slots[i].xid) &&
+			slots[i].database == MyDatabaseId;
 		SpinLockRelease(&slots[i].mutex);
 	}
 	return any;

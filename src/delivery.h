@@ -99,8 +99,10 @@ extern rd_kafka_topic_t *kp_kafka_topic(rd_kafka_t *rk, HTAB **topics,
 										const char *name);
 extern void kp_kafka_forget_topics(HTAB **topics);
 extern rd_kafka_headers_t *kp_headers_from_jsonb(Jsonb *jb);
-extern rd_kafka_headers_t *kp_kafka_id_header(rd_kafka_headers_t *headers,
-											  int64 id);
+extern void kp_kafka_set_database(const char *name);
+extern bool kp_kafka_is_our_database(const char *name, size_t len);
+extern rd_kafka_headers_t *kp_kafka_identity_headers(rd_kafka_headers_t *headers,
+													 int64 id);
 extern bool kp_producer_start(void);
 extern void kp_producer_stop(KpReportBuffer *buf);
 extern bool kp_producer_running(void);

@@ -89,6 +89,7 @@ static void assign_buffered_ids(void);
 static int64 xact_first_id = -1;
 static int64 xact_last_id = -1;
 static bool xact_callback_registered = false;
+static bool request_worker_at_commit = false;
 
 /*
  * Id ranges of the messages this session committed since its last
@@ -198,7 +199,14 @@ enqueue_xact_callback(XactEvent event, void *arg)
 		TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		kp_committing_register(GetTopTransactionIdIfAny(), xact_first_id);
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
 		kp_backlog_add(written_messages, written_bytes);
+		if (request_worker_at_commit)
+			kp_shmem_request_worker();
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		request_worker_at_commit = false;
 	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PARALLEL_PRE_COMMIT &&
 		event != XACT_EVENT_PRE_PREPARE)
 	{
@@ -261,10 +269,16 @@ kp_enqueue_wake_at_commit(int64 id)
 		xact_last_id = id;
 }
 
+/*
+ * CREATE EXTENSION runs this: ERROR where nobody would deliver, and once
+ * the extension is committed, the launcher starts this database's worker.
+ */
 Datum
 kafka_check_database(PG_FUNCTION_ARGS)
 {
 	kp_check_serving_database();
+	register_callbacks();
+	request_worker_at_commit = true;
 	PG_RETURN_VOID();
 }
 

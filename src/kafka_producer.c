@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * kafka_producer.c
- *	  Module entry point: settings, shared memory and the background worker
- *	  are set up when the library is preloaded.
+ *	  Module entry point: settings, shared memory and the launcher of the
+ *	  background workers are set up when the library is preloaded.
  *
  *-------------------------------------------------------------------------
  */
@@ -39,5 +39,5 @@ _PG_init(void)
 	kp_shmem_init();
 	kp_committing_init();
 	kp_sync_init();
-	kp_worker_register();
+	kp_launcher_init();
 }

@@ -37,13 +37,18 @@
 #define KP_PARTITION_ANY (-1)
 
 /* settings.c: the extension's own kafka.* settings */
-extern char *kp_database;
+extern int	kp_max_databases;
+extern char *kp_database_header;
+extern uint32 kp_databases_generation;
 extern int	kp_max_attempts;
 extern int	kp_status_retention;
 extern int	kp_message_max_bytes;
 extern char *kp_id_header;
 extern int	kp_shutdown_timeout_ms;
 extern void kp_settings_init(void);
+extern const char *kp_databases_setting(const char **name);
+extern struct List *kp_databases_listed(void);
+extern bool kp_database_served(const char *name, bool is_template);
 
 /* producer_settings.c: the producer's kafka.* settings */
 extern void kp_producer_settings_init(void);
@@ -52,7 +57,8 @@ extern bool kp_producer_idempotence(void);
 extern char *kp_producer_settings_fingerprint(void);
 
 /*
- * shmem.c: state shared between backends and the worker.
+ * shmem.c: state shared between backends and the worker, a slot per
+ * database served.
  *
  * Locking: worker_procno and worker_pid are protected by mutex.
  * rescan_from is an atomic that kp_shmem_request_rescan lowers (never
@@ -92,26 +98,45 @@ typedef struct KpSharedState
 												 * that changed
 												 * kafka.topic_config */
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
-	bool		connecting;		/* a worker's connection attempt may have
-								 * failed; protected by mutex */
 	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */
 	TimestampTz last_error_at;	/* protected by mutex */
 } KpSharedState;
 
+/* what the launcher reads of a database's slot */
+typedef struct KpSlotInfo
+{
+	Oid			database;		/* InvalidOid: the slot is free */
+	pid_t		worker_pid;		/* 0: no worker runs */
+	bool		no_extension;	/* its worker found no extension */
+	bool		requested;		/* a session asked for a worker since the
+								 * last one started */
+	bool		dropping;		/* DROP DATABASE asked its worker to leave */
+} KpSlotInfo;
+
 extern void kp_shmem_init(void);
 extern void kp_shmem_add(const char *name, Size (*size) (void),
 						 void (*attach) (void *memory, bool found));
+extern int	kp_shmem_add_database_part(Size size, void (*reset) (void *memory));
+extern void *kp_shmem_database_part(int part, bool missing_ok);
 extern void kp_shmem_check_preloaded(void);
+extern int	kp_shmem_claim_slot(Oid database, int keep_free);
+extern void kp_shmem_free_slot(int index);
+extern void kp_shmem_slot_info(int index, KpSlotInfo *info);
+extern void kp_shmem_clear_dropping(int index);
+extern void kp_shmem_launcher_attach(void);
+extern void kp_shmem_attach_database(void);
+extern void kp_shmem_request_worker(void);
+extern void kp_shmem_database_dropping(Oid database);
+extern bool kp_shmem_database_held_by_drop(Oid database);
 extern void kp_shmem_request_rescan(int64 first_id);
 extern struct LWLock *kp_shmem_id_block_lock(void);
 extern void kp_shmem_wake_worker(void);
 extern pid_t kp_shmem_worker_pid(void);
 extern void kp_shmem_topic_config_changed(void);
 extern uint64 kp_shmem_topic_config_generation(void);
-extern void kp_shmem_worker_attach(void);
+extern void kp_shmem_worker_attach(int index);
+extern void kp_shmem_worker_found_no_extension(void);
 extern int64 kp_shmem_take_rescan_from(void);
-extern bool kp_shmem_begin_connecting(void);
-extern void kp_shmem_end_connecting(void);
 extern void kp_shmem_announce_outcomes(void);
 extern void kp_shmem_count(KpCounter counter, uint64 n);
 extern void kp_shmem_set_gauge(KpCounter counter, uint64 value);
@@ -225,8 +250,8 @@ extern int	kp_enqueue_committed_ranges(KpIdRange **ranges);
 extern void kp_enqueue_forget_committed(void);
 extern void kp_check_serving_database(void);
 
-/* worker.c */
-extern void kp_worker_register(void);
+/* launcher.c: a worker for each database served */
+extern void kp_launcher_init(void);
 
 /* kafka.outbox's columns, in table order */
 typedef enum KpOutboxColumn

@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
@@ -20,6 +22,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "kafka_producer.h"
 
@@ -53,26 +56,67 @@ typedef struct KpSendCache
 	KpArgEncoder key;
 } KpSendCache;
 
+/* the length of this database's name: a database in use is never renamed */
+static Size
+database_name_length(void)
+{
+	static Size length = 0;
+
+	if (length == 0)
+		length = strlen(get_database_name(MyDatabaseId));
+	return length;
+}
+
+/* kp_databases_generation when this database was last found served */
+static uint32 database_checked_at = 0;
 static bool database_checked = false;
 
+static bool
+database_is_template(void)
+{
+	HeapTuple	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
+	bool		is_template;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for database %u", MyDatabaseId);
+	is_template = ((Form_pg_database) GETSTRUCT(tuple))->datistemplate;
+	ReleaseSysCache(tuple);
+	return is_template;
+}
+
+/*
+ * ERROR unless this database is served, and has its slot of shared memory:
+ * anywhere else nobody would deliver.
+ */
 void
 kp_check_serving_database(void)
 {
 	char	   *current;
+	const char *setting_name;
+	const char *setting;
+	bool		is_template;
 
-	if (database_checked)
+	if (database_checked && database_checked_at == kp_databases_generation)
 		return;
 	kp_shmem_check_preloaded();
 	current = get_database_name(MyDatabaseId);
-	if (strcmp(current, kp_database) != 0)
+	is_template = database_is_template();
+	if (!kp_database_served(current, is_template))
+	{
+		setting = kp_databases_setting(&setting_name);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("kafka_producer does not serve database \"%s\"", current),
-				 errdetail("Its worker delivers the messages of database \"%s\", named by kafka.database.",
-						   kp_database),
-				 errhint("Use kafka_producer in database \"%s\", or set kafka.database to \"%s\" and restart the server.",
-						 kp_database, current)));
+				 is_template && kp_databases_listed() == NIL ?
+				 errdetail("It is a template, and %s is \"%s\": a template is served only when named.",
+						   setting_name, setting) :
+				 errdetail("%s is \"%s\".", setting_name, setting),
+				 errhint("Add \"%s\" to kafka.databases and reload the server configuration.",
+						 current)));
+	}
+	kp_shmem_attach_database();
 	database_checked = true;
+	database_checked_at = kp_databases_generation;
 }
 
 /* Kafka's rules for topic names: 1 to 249 of [a-zA-Z0-9._-], not . or .. */
@@ -258,9 +302,12 @@ kp_message_check(KpNewMessage *msg)
 		size += VARSIZE_ANY_EXHDR(msg->key);
 	if (msg->headers != NULL)
 		kp_headers_each(msg->headers, add_header_size, &size);
-	/* the id header the worker adds, with the longest id */
+	/* the headers the worker adds, with the longest id and database name */
 	if (kp_id_header != NULL && kp_id_header[0] != '\0')
 		size += KP_HEADER_OVERHEAD + strlen(kp_id_header) + MAXINT8LEN;
+	if (kp_database_header != NULL && kp_database_header[0] != '\0')
+		size += KP_HEADER_OVERHEAD + strlen(kp_database_header) +
+			database_name_length();
 	if (size > (Size) kp_message_max_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -524,24 +524,49 @@ kp_kafka_forget_topics(HTAB **topics)
 	*topics = NULL;
 }
 
+/* this worker's database, named in kafka.database_header */
+static char database_name[NAMEDATALEN];
+
+void
+kp_kafka_set_database(const char *name)
+{
+	strlcpy(database_name, name, NAMEDATALEN);
+}
+
+/* Whether name, of len bytes, is this worker's database. */
+bool
+kp_kafka_is_our_database(const char *name, size_t len)
+{
+	return len == strlen(database_name) && memcmp(name, database_name, len) == 0;
+}
+
 /*
- * Adds the message id header (kafka.id_header) to headers, made if NULL,
- * and returns them; with kafka.id_header empty, returns headers as given.
- * Added last, so that of two headers of that name a consumer that reads
- * the last gets ours.
+ * Adds the headers that identify a message among those of every database
+ * sending to its topic, the id (kafka.id_header) and the database
+ * (kafka.database_header), to headers, made if NULL, and returns them;
+ * with both settings empty, returns headers as given.  Added last, so
+ * that of two headers of a name a consumer that reads the last gets ours.
  */
 rd_kafka_headers_t *
-kp_kafka_id_header(rd_kafka_headers_t *headers, int64 id)
+kp_kafka_identity_headers(rd_kafka_headers_t *headers, int64 id)
 {
 	char		value[MAXINT8LEN + 1];
 	int			len;
+	bool		with_id = kp_id_header != NULL && kp_id_header[0] != '\0';
+	bool		with_database = kp_database_header != NULL &&
+		kp_database_header[0] != '\0';
 
-	if (kp_id_header == NULL || kp_id_header[0] == '\0')
+	if (!with_id && !with_database)
 		return headers;
-	len = pg_lltoa(id, value);
 	if (headers == NULL)
-		headers = rd_kafka_headers_new(1);
-	rd_kafka_header_add(headers, kp_id_header, -1, value, len);
+		headers = rd_kafka_headers_new(2);
+	if (with_id)
+	{
+		len = pg_lltoa(id, value);
+		rd_kafka_header_add(headers, kp_id_header, -1, value, len);
+	}
+	if (with_database)
+		rd_kafka_header_add(headers, kp_database_header, -1, database_name, -1);
 	return headers;
 }
 
@@ -579,7 +604,7 @@ kp_producer_send(KpMessage *msg, KpReportBuffer *buf)
 	rd_kafka_resp_err_t err;
 
 	Assert(producer != NULL);
-	msg->headers = kp_kafka_id_header(msg->headers, msg->id);
+	msg->headers = kp_kafka_identity_headers(msg->headers, msg->id);
 	err = rd_kafka_producev(producer,
 							RD_KAFKA_V_RKT(kp_kafka_topic(producer, &known_topics,
 														  msg->topic)),

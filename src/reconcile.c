@@ -315,6 +315,8 @@ note_record(KpReconcileScope *scope, rd_kafka_message_t *msg)
 	rd_kafka_headers_t *headers;
 	const void *value;
 	size_t		size;
+	const void *database;
+	size_t		database_size;
 	char		digits[MAXINT8LEN + 1];
 	char	   *end;
 	int64		id;
@@ -329,6 +331,12 @@ note_record(KpReconcileScope *scope, rd_kafka_message_t *msg)
 		rd_kafka_header_get_last(headers, kp_id_header, &value, &size) !=
 		RD_KAFKA_RESP_ERR_NO_ERROR ||
 		value == NULL || size == 0 || size > MAXINT8LEN)
+		return;
+	/* another database's message, with an id of its own */
+	if (kp_database_header != NULL && kp_database_header[0] != '\0' &&
+		rd_kafka_header_get_last(headers, kp_database_header, &database,
+								 &database_size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		!kp_kafka_is_our_database(database, database_size))
 		return;
 	memcpy(digits, value, size);
 	digits[size] = '\0';

@@ -2,20 +2,29 @@
  *
  * shmem.c
  *	  Shared state between the backends that enqueue messages and the
- *	  worker that delivers them: who the worker is, so that a commit can set
- *	  its latch, and the lowest message id committed behind its scan.
+ *	  workers that deliver them, a slot per served database: who its worker
+ *	  is, so that a commit can set its latch, the lowest message id
+ *	  committed behind its scan, its counters, and the per-database parts of
+ *	  the other modules.  The launcher hands slots to databases and starts a
+ *	  worker for each.
  *
- *	  The locking rules are stated with KpSharedState in kafka_producer.h.
+ *	  The locking rules are stated with KpSharedState in kafka_producer.h;
+ *	  directory_lock protects which database a slot belongs to and the
+ *	  launcher's bookkeeping in it.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <signal.h>
+
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/json.h"
@@ -23,12 +32,44 @@
 
 #include "kafka_producer.h"
 
+/*
+ * A database's slot.  database is InvalidOid while the slot is free; it is
+ * written under directory_lock, and read without it only by a backend
+ * checking that its own database still holds the slot it found.
+ */
+typedef struct KpDatabaseSlot
+{
+	Oid			database;
+	uint32		service_requests;	/* grows when a session asks for a
+									 * worker: CREATE EXTENSION, a commit
+									 * while none runs */
+	uint32		requests_seen;	/* service_requests as the worker started */
+	bool		no_extension;	/* the worker found no extension, and left */
+	bool		dropping;		/* DROP DATABASE asked the worker to leave */
+	KpSharedState state;
+	/* the parts of the other modules follow, at their offsets */
+} KpDatabaseSlot;
+
+typedef struct KpDirectory
+{
+	slock_t		directory_lock;
+	int			launcher_procno;	/* -1 while no launcher runs */
+	char		slots[FLEXIBLE_ARRAY_MEMBER];	/* kp_max_databases slots */
+} KpDirectory;
+
+static KpDirectory *directory = NULL;
+static LWLockPadded *id_block_locks = NULL;
+
+/* this backend's database's slot, once found: its index, and its state */
+static int	my_index = -1;
+static KpDatabaseSlot *my_slot = NULL;
 static KpSharedState *kp_shared = NULL;
-static LWLock *id_block_lock = NULL;
 
 /*
- * Shared memory of the other modules, added with kp_shmem_add() from their
- * init functions: each owns its part, this file only sizes and places it.
+ * Shared memory of the other modules, added with kp_shmem_add() (once for
+ * the server) or kp_shmem_add_database_part() (once in each database's
+ * slot) from their init functions: each owns its part, this file only
+ * sizes and places it.
  */
 typedef struct KpShmemPart
 {
@@ -37,23 +78,82 @@ typedef struct KpShmemPart
 	void		(*attach) (void *memory, bool found);
 } KpShmemPart;
 
+typedef struct KpDatabasePart
+{
+	Size		offset;			/* from the start of the slot */
+	void		(*reset) (void *memory);
+} KpDatabasePart;
+
 #define KP_MAX_SHMEM_PARTS 8
 static KpShmemPart parts[KP_MAX_SHMEM_PARTS];
 static int	part_count = 0;
+static KpDatabasePart database_parts[KP_MAX_SHMEM_PARTS];
+static int	database_part_count = 0;
+static Size slot_size = MAXALIGN(sizeof(KpDatabaseSlot));
 
 #define KP_ID_BLOCK_TRANCHE "kafka_producer id blocks"
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static KpDatabaseSlot *
+slot_at(int index)
+{
+	return (KpDatabaseSlot *) (directory->slots + index * slot_size);
+}
+
+static Size
+directory_size(void)
+{
+	return add_size(offsetof(KpDirectory, slots),
+					mul_size(kp_max_databases, slot_size));
+}
 
 static void
 kp_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(KpSharedState)));
+	RequestAddinShmemSpace(MAXALIGN(directory_size()));
 	for (int i = 0; i < part_count; i++)
 		RequestAddinShmemSpace(MAXALIGN(parts[i].size()));
-	RequestNamedLWLockTranche(KP_ID_BLOCK_TRANCHE, 1);
+	RequestNamedLWLockTranche(KP_ID_BLOCK_TRANCHE, kp_max_databases);
+}
+
+/* Makes a slot new for a database: zero counters, empty parts. */
+static void
+reset_slot(KpDatabaseSlot *slot, Oid database)
+{
+	KpSharedState *state = &slot->state;
+
+	slot->database = database;
+	slot->service_requests = 0;
+	slot->requests_seen = 0;
+	slot->no_extension = false;
+	slot->dropping = false;
+	state->worker_procno = -1;
+	state->worker_pid = 0;
+	pg_atomic_write_u64(&state->rescan_from, PG_UINT64_MAX);
+	for (int i = 0; i < KP_NUM_COUNTERS; i++)
+		pg_atomic_write_u64(&state->counters[i], 0);
+	state->last_error[0] = '\0';
+	state->last_error_at = 0;
+	for (int i = 0; i < database_part_count; i++)
+		database_parts[i].reset((char *) slot + database_parts[i].offset);
+}
+
+static void
+init_slot(KpDatabaseSlot *slot)
+{
+	KpSharedState *state = &slot->state;
+
+	SpinLockInit(&state->mutex);
+	pg_atomic_init_u64(&state->rescan_from, PG_UINT64_MAX);
+	pg_atomic_init_u64(&state->outcome_generation, 0);
+	pg_atomic_init_u64(&state->topic_config_generation, 0);
+	for (int i = 0; i < KP_NUM_COUNTERS; i++)
+		pg_atomic_init_u64(&state->counters[i], 0);
+	ConditionVariableInit(&state->outcomes_recorded);
+	reset_slot(slot, InvalidOid);
 }
 
 static void
@@ -65,22 +165,13 @@ kp_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	kp_shared = ShmemInitStruct("kafka_producer", sizeof(KpSharedState),
-								&found);
+	directory = ShmemInitStruct("kafka_producer", directory_size(), &found);
 	if (!found)
 	{
-		SpinLockInit(&kp_shared->mutex);
-		kp_shared->worker_procno = -1;
-		kp_shared->worker_pid = 0;
-		pg_atomic_init_u64(&kp_shared->rescan_from, PG_UINT64_MAX);
-		pg_atomic_init_u64(&kp_shared->outcome_generation, 0);
-		pg_atomic_init_u64(&kp_shared->topic_config_generation, 0);
-		for (int i = 0; i < KP_NUM_COUNTERS; i++)
-			pg_atomic_init_u64(&kp_shared->counters[i], 0);
-		kp_shared->connecting = false;
-		kp_shared->last_error[0] = '\0';
-		kp_shared->last_error_at = 0;
-		ConditionVariableInit(&kp_shared->outcomes_recorded);
+		SpinLockInit(&directory->directory_lock);
+		directory->launcher_procno = -1;
+		for (int i = 0; i < kp_max_databases; i++)
+			init_slot(slot_at(i));
 	}
 	for (int i = 0; i < part_count; i++)
 	{
@@ -89,18 +180,8 @@ kp_shmem_startup(void)
 
 		parts[i].attach(memory, found);
 	}
-	id_block_lock = &GetNamedLWLockTranche(KP_ID_BLOCK_TRANCHE)->lock;
+	id_block_locks = GetNamedLWLockTranche(KP_ID_BLOCK_TRANCHE);
 	LWLockRelease(AddinShmemInitLock);
-}
-
-/*
- * Held while a backend takes a block of message ids one after another, so
- * that another backend's block does not interleave with it.
- */
-LWLock *
-kp_shmem_id_block_lock(void)
-{
-	return id_block_lock;
 }
 
 /*
@@ -120,6 +201,22 @@ kp_shmem_add(const char *name, Size (*size) (void),
 	part_count++;
 }
 
+/*
+ * Adds a part of size bytes to every database's slot, which reset() makes
+ * new whenever the slot is given to a database.  Returns the part's number
+ * for kp_shmem_database_part().
+ */
+int
+kp_shmem_add_database_part(Size size, void (*reset) (void *memory))
+{
+	if (database_part_count == KP_MAX_SHMEM_PARTS)
+		elog(ERROR, "too many kafka_producer shared memory parts");
+	database_parts[database_part_count].offset = slot_size;
+	database_parts[database_part_count].reset = reset;
+	slot_size = add_size(slot_size, MAXALIGN(size));
+	return database_part_count++;
+}
+
 void
 kp_shmem_init(void)
 {
@@ -132,11 +229,256 @@ kp_shmem_init(void)
 void
 kp_shmem_check_preloaded(void)
 {
-	if (kp_shared == NULL)
+	if (directory == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("kafka_producer must be loaded via shared_preload_libraries"),
 				 errhint("Add kafka_producer to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* ---------------------------------------------------------------------
+ * The directory of database slots
+ * ---------------------------------------------------------------------
+ */
+
+/* The slot of database, or -1; the caller holds directory_lock. */
+static int
+find_slot_locked(Oid database)
+{
+	for (int i = 0; i < kp_max_databases; i++)
+		if (slot_at(i)->database == database)
+			return i;
+	return -1;
+}
+
+/*
+ * The slot of database, given to it if it has none yet and more than
+ * keep_free slots are free; -1 otherwise.
+ */
+int
+kp_shmem_claim_slot(Oid database, int keep_free)
+{
+	int			index;
+	int			free_slots = 0;
+
+	SpinLockAcquire(&directory->directory_lock);
+	index = find_slot_locked(database);
+	for (int i = 0; i < kp_max_databases && index < 0; i++)
+		free_slots += !OidIsValid(slot_at(i)->database);
+	if (index < 0 && free_slots > keep_free)
+	{
+		index = find_slot_locked(InvalidOid);
+		reset_slot(slot_at(index), database);
+	}
+	SpinLockRelease(&directory->directory_lock);
+	return index;
+}
+
+/* The launcher lets a slot go: its database is gone or not served. */
+void
+kp_shmem_free_slot(int index)
+{
+	SpinLockAcquire(&directory->directory_lock);
+	reset_slot(slot_at(index), InvalidOid);
+	SpinLockRelease(&directory->directory_lock);
+}
+
+/* What the launcher needs to know of slot index. */
+void
+kp_shmem_slot_info(int index, KpSlotInfo *info)
+{
+	KpDatabaseSlot *slot = slot_at(index);
+
+	SpinLockAcquire(&directory->directory_lock);
+	info->database = slot->database;
+	info->no_extension = slot->no_extension;
+	info->requested = slot->service_requests != slot->requests_seen;
+	info->dropping = slot->dropping;
+	SpinLockRelease(&directory->directory_lock);
+	SpinLockAcquire(&slot->state.mutex);
+	info->worker_pid = slot->state.worker_pid;
+	SpinLockRelease(&slot->state.mutex);
+}
+
+/* The launcher starts the worker of a slot DROP DATABASE let go of. */
+void
+kp_shmem_clear_dropping(int index)
+{
+	SpinLockAcquire(&directory->directory_lock);
+	slot_at(index)->dropping = false;
+	SpinLockRelease(&directory->directory_lock);
+}
+
+static void
+kp_shmem_launcher_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&directory->directory_lock);
+	directory->launcher_procno = -1;
+	SpinLockRelease(&directory->directory_lock);
+}
+
+void
+kp_shmem_launcher_attach(void)
+{
+	SpinLockAcquire(&directory->directory_lock);
+	directory->launcher_procno = MyProc->pgprocno;
+	SpinLockRelease(&directory->directory_lock);
+	on_shmem_exit(kp_shmem_launcher_detach, (Datum) 0);
+}
+
+static void
+wake_launcher(void)
+{
+	int			procno;
+
+	SpinLockAcquire(&directory->directory_lock);
+	procno = directory->launcher_procno;
+	SpinLockRelease(&directory->directory_lock);
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * Finds this backend's database's slot; with claim, gives it one if it has
+ * none.  Returns false when it has none.  A slot found earlier is checked,
+ * not trusted: the launcher hands a slot to another database once this
+ * one's worker leaves for good.
+ */
+static bool
+find_my_slot(bool claim)
+{
+	int			index;
+
+	if (my_slot != NULL && my_slot->database == MyDatabaseId)
+		return true;
+	my_index = -1;
+	my_slot = NULL;
+	kp_shared = NULL;
+	if (claim)
+		index = kp_shmem_claim_slot(MyDatabaseId, 0);
+	else
+	{
+		SpinLockAcquire(&directory->directory_lock);
+		index = find_slot_locked(MyDatabaseId);
+		SpinLockRelease(&directory->directory_lock);
+	}
+	if (index < 0)
+		return false;
+	my_index = index;
+	my_slot = slot_at(index);
+	kp_shared = &my_slot->state;
+	return true;
+}
+
+/*
+ * Makes sure this database has a slot, for a session about to use it:
+ * ERROR if every slot belongs to another database.
+ */
+void
+kp_shmem_attach_database(void)
+{
+	if (!find_my_slot(true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("kafka_producer cannot serve another database"),
+				 errdetail("It serves %d databases already, as many as kafka.max_databases allows.",
+						   kp_max_databases),
+				 errhint("Raise kafka.max_databases and restart the server, or drop the extension where it is not used.")));
+}
+
+/*
+ * Asks the launcher for this database's worker, after CREATE EXTENSION or
+ * a commit while none runs.  Never raises an ERROR: called at commit.
+ */
+void
+kp_shmem_request_worker(void)
+{
+	if (!find_my_slot(true))
+		return;
+	SpinLockAcquire(&directory->directory_lock);
+	if (my_slot->database == MyDatabaseId)
+		my_slot->service_requests++;
+	SpinLockRelease(&directory->directory_lock);
+	wake_launcher();
+}
+
+/*
+ * DROP DATABASE holds database: its worker must leave at once, for DROP
+ * waits only 5 s for the sessions using it, and the messages go with the
+ * database anyway.  The launcher starts it again if the DROP fails.
+ */
+void
+kp_shmem_database_dropping(Oid database)
+{
+	int			index;
+	pid_t		pid = 0;
+
+	SpinLockAcquire(&directory->directory_lock);
+	index = find_slot_locked(database);
+	if (index >= 0)
+	{
+		KpDatabaseSlot *slot = slot_at(index);
+
+		slot->dropping = true;
+		SpinLockAcquire(&slot->state.mutex);
+		pid = slot->state.worker_pid;
+		SpinLockRelease(&slot->state.mutex);
+	}
+	SpinLockRelease(&directory->directory_lock);
+	if (pid != 0)
+		kill(pid, SIGTERM);
+}
+
+/*
+ * Whether DROP DATABASE holds database: a lock probe, as a session lock,
+ * for a transaction need not be open.
+ */
+bool
+kp_shmem_database_held_by_drop(Oid database)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, database, 0);
+	if (LockAcquire(&tag, AccessShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, true);
+	return false;
+}
+
+/*
+ * The address of part number part in this database's slot; NULL when the
+ * database has none and missing_ok, which a commit callback must pass.
+ */
+void *
+kp_shmem_database_part(int part, bool missing_ok)
+{
+	if (missing_ok ? !find_my_slot(false) : (kp_shmem_attach_database(), false))
+		return NULL;
+	return (char *) my_slot + database_parts[part].offset;
+}
+
+/*
+ * Held while a backend takes a block of message ids one after another, so
+ * that another backend's block does not interleave with it.
+ */
+LWLock *
+kp_shmem_id_block_lock(void)
+{
+	kp_shmem_attach_database();
+	return &id_block_locks[my_index].lock;
+}
+
+/* ---------------------------------------------------------------------
+ * The state of this backend's database
+ * ---------------------------------------------------------------------
+ */
+
+/* this database's state, for a session using it: see kp_shmem_attach_database */
+static KpSharedState *
+state(void)
+{
+	kp_shmem_attach_database();
+	return kp_shared;
 }
 
 /*
@@ -144,12 +486,16 @@ kp_shmem_check_preloaded(void)
  * past it, and wakes it.  Called after a transaction that enqueued
  * messages from first_id on has committed (its rows are visible to new
  * snapshots), and by the worker for a row that changed while in flight.
+ * Never raises an ERROR: called at commit.
  */
 void
 kp_shmem_request_rescan(int64 first_id)
 {
-	uint64		current = pg_atomic_read_u64(&kp_shared->rescan_from);
+	uint64		current;
 
+	if (!find_my_slot(true))
+		return;
+	current = pg_atomic_read_u64(&kp_shared->rescan_from);
 	while ((uint64) first_id < current &&
 		   !pg_atomic_compare_exchange_u64(&kp_shared->rescan_from, &current,
 										   (uint64) first_id))
@@ -157,22 +503,29 @@ kp_shmem_request_rescan(int64 first_id)
 	kp_shmem_wake_worker();
 }
 
+/* Sets the worker's latch; with no worker running, asks for one. */
 void
 kp_shmem_wake_worker(void)
 {
 	int			procno;
 
+	if (!find_my_slot(true))
+		return;
 	SpinLockAcquire(&kp_shared->mutex);
 	procno = kp_shared->worker_procno;
 	SpinLockRelease(&kp_shared->mutex);
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	else
+		kp_shmem_request_worker();
 }
 
 /* Called at commit of a change to kafka.topic_config. */
 void
 kp_shmem_topic_config_changed(void)
 {
+	if (!find_my_slot(false))
+		return;
 	pg_atomic_fetch_add_u64(&kp_shared->topic_config_generation, 1);
 	kp_shmem_wake_worker();
 }
@@ -180,18 +533,19 @@ kp_shmem_topic_config_changed(void)
 uint64
 kp_shmem_topic_config_generation(void)
 {
-	return pg_atomic_read_u64(&kp_shared->topic_config_generation);
+	return pg_atomic_read_u64(&state()->topic_config_generation);
 }
 
 /* the running worker's pid, 0 while none runs */
 pid_t
 kp_shmem_worker_pid(void)
 {
+	KpSharedState *shared = state();
 	pid_t		pid;
 
-	SpinLockAcquire(&kp_shared->mutex);
-	pid = kp_shared->worker_pid;
-	SpinLockRelease(&kp_shared->mutex);
+	SpinLockAcquire(&shared->mutex);
+	pid = shared->worker_pid;
+	SpinLockRelease(&shared->mutex);
 	return pid;
 }
 
@@ -204,14 +558,42 @@ kp_shmem_worker_detach(int code, Datum arg)
 	SpinLockRelease(&kp_shared->mutex);
 }
 
+/*
+ * The worker of slot index, connected to its database, takes the slot.
+ * The requests for a worker made so far are answered by this one.
+ */
 void
-kp_shmem_worker_attach(void)
+kp_shmem_worker_attach(int index)
 {
+	KpDatabaseSlot *slot = slot_at(index);
+
+	SpinLockAcquire(&directory->directory_lock);
+	if (slot->database == MyDatabaseId)
+	{
+		slot->requests_seen = slot->service_requests;
+		slot->no_extension = false;
+	}
+	SpinLockRelease(&directory->directory_lock);
+	if (!find_my_slot(false) || my_index != index)
+		elog(ERROR, "kafka_producer database slot %d does not belong to this database",
+			 index);
 	SpinLockAcquire(&kp_shared->mutex);
 	kp_shared->worker_procno = MyProc->pgprocno;
 	kp_shared->worker_pid = MyProcPid;
 	SpinLockRelease(&kp_shared->mutex);
 	on_shmem_exit(kp_shmem_worker_detach, (Datum) 0);
+}
+
+/*
+ * The worker leaves a database without the extension: the launcher lets
+ * its slot go, unless a session asked for a worker since it started.
+ */
+void
+kp_shmem_worker_found_no_extension(void)
+{
+	SpinLockAcquire(&directory->directory_lock);
+	my_slot->no_extension = true;
+	SpinLockRelease(&directory->directory_lock);
 }
 
 /*
@@ -238,7 +620,7 @@ kp_shmem_announce_outcomes(void)
 uint64
 kp_shmem_outcome_generation(void)
 {
-	return pg_atomic_read_u64(&kp_shared->outcome_generation);
+	return pg_atomic_read_u64(&state()->outcome_generation);
 }
 
 /*
@@ -248,49 +630,25 @@ kp_shmem_outcome_generation(void)
 bool
 kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 {
+	KpSharedState *shared = state();
 	bool		recorded = true;
 
-	ConditionVariablePrepareToSleep(&kp_shared->outcomes_recorded);
-	while (pg_atomic_read_u64(&kp_shared->outcome_generation) == generation)
+	ConditionVariablePrepareToSleep(&shared->outcomes_recorded);
+	while (pg_atomic_read_u64(&shared->outcome_generation) == generation)
 	{
 		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 																deadline);
 
 		if (remaining <= 0 ||
-			ConditionVariableTimedSleep(&kp_shared->outcomes_recorded, remaining,
+			ConditionVariableTimedSleep(&shared->outcomes_recorded, remaining,
 										PG_WAIT_EXTENSION))
 		{
-			recorded = pg_atomic_read_u64(&kp_shared->outcome_generation) != generation;
+			recorded = pg_atomic_read_u64(&shared->outcome_generation) != generation;
 			break;
 		}
 	}
 	ConditionVariableCancelSleep();
 	return recorded;
-}
-
-/*
- * The worker calls this before connecting to kafka.database.  Returns
- * false if the previous worker's attempt never finished: the database was
- * missing and that worker died connecting.
- */
-bool
-kp_shmem_begin_connecting(void)
-{
-	bool		previous_failed;
-
-	SpinLockAcquire(&kp_shared->mutex);
-	previous_failed = kp_shared->connecting;
-	kp_shared->connecting = true;
-	SpinLockRelease(&kp_shared->mutex);
-	return !previous_failed;
-}
-
-void
-kp_shmem_end_connecting(void)
-{
-	SpinLockAcquire(&kp_shared->mutex);
-	kp_shared->connecting = false;
-	SpinLockRelease(&kp_shared->mutex);
 }
 
 void
@@ -322,20 +680,21 @@ kp_shmem_counters_json(StringInfo json)
 		"sent", "sent_bytes", "delivered", "failed", "transient_errors",
 		"returned", "in_flight", "reconciled"
 	};
+	KpSharedState *shared = state();
 	char		last_error[KP_LAST_ERROR_LEN];
 	TimestampTz last_error_at;
 	pid_t		pid;
 
-	SpinLockAcquire(&kp_shared->mutex);
-	strlcpy(last_error, kp_shared->last_error, KP_LAST_ERROR_LEN);
-	last_error_at = kp_shared->last_error_at;
-	pid = kp_shared->worker_pid;
-	SpinLockRelease(&kp_shared->mutex);
+	SpinLockAcquire(&shared->mutex);
+	strlcpy(last_error, shared->last_error, KP_LAST_ERROR_LEN);
+	last_error_at = shared->last_error_at;
+	pid = shared->worker_pid;
+	SpinLockRelease(&shared->mutex);
 
 	appendStringInfo(json, "\"worker_pid\": %d", (int) pid);
 	for (int i = 0; i < KP_NUM_COUNTERS; i++)
 		appendStringInfo(json, ", \"%s\": " UINT64_FORMAT, names[i],
-						 pg_atomic_read_u64(&kp_shared->counters[i]));
+						 pg_atomic_read_u64(&shared->counters[i]));
 	appendStringInfoString(json, ", \"last_error\": ");
 	if (last_error_at == 0)
 		appendStringInfoString(json, "null, \"last_error_at\": null");

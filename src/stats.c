@@ -3,7 +3,8 @@
  * stats.c
  *	  The producer's view of the cluster, for SQL: the worker writes each
  *	  producer's statistics document (every kafka.statistics_interval_ms)
- *	  to a file under pg_stat_tmp, replaced atomically by rename; the SQL
+ *	  to a file of its database under pg_stat_tmp, replaced atomically by
+ *	  rename; the SQL
  *	  function kafka_stats() reads it back as jsonb, adding the worker's
  *	  counters and the number of pending messages, and kafka_brokers()
  *	  and kafka_topics() (SQL functions in the extension script) select the
@@ -18,6 +19,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -26,8 +28,14 @@
 
 PG_FUNCTION_INFO_V1(kafka_stats);
 
-#define KP_STATS_FILE "pg_stat_tmp/kafka_producer_stats.json"
-#define KP_STATS_TEMP_FILE KP_STATS_FILE ".tmp"
+/* the statistics file of this database, and its temporary name */
+static void
+stats_file_names(char *file, char *temp_file)
+{
+	snprintf(file, MAXPGPATH, "pg_stat_tmp/kafka_producer_stats_%u.json",
+			 MyDatabaseId);
+	snprintf(temp_file, MAXPGPATH, "%s.tmp", file);
+}
 
 /*
  * Called by the worker for each statistics event.  A failure is logged,
@@ -36,47 +44,56 @@ PG_FUNCTION_INFO_V1(kafka_stats);
 void
 kp_stats_save(const char *json)
 {
-	FILE	   *file = AllocateFile(KP_STATS_TEMP_FILE, PG_BINARY_W);
+	char		path[MAXPGPATH];
+	char		temp_path[MAXPGPATH];
+	FILE	   *file;
 	size_t		len = strlen(json);
 
+	stats_file_names(path, temp_path);
+	file = AllocateFile(temp_path, PG_BINARY_W);
 	if (file == NULL ||
 		fwrite(json, 1, len, file) != len ||
 		FreeFile(file) != 0 ||
-		rename(KP_STATS_TEMP_FILE, KP_STATS_FILE) != 0)
-	{
+		rename(temp_path, path) != 0)
 		ereport(LOG,
 				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", KP_STATS_FILE)));
-		return;
-	}
+				 errmsg("could not write file \"%s\": %m", path)));
 }
 
 /* Statistics of a producer that no longer runs must not be shown. */
 void
 kp_stats_clear(void)
 {
-	if (unlink(KP_STATS_FILE) != 0 && errno != ENOENT)
+	char		path[MAXPGPATH];
+	char		temp_path[MAXPGPATH];
+
+	stats_file_names(path, temp_path);
+	if (unlink(path) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errcode_for_file_access(),
-				 errmsg("could not remove file \"%s\": %m", KP_STATS_FILE)));
+				 errmsg("could not remove file \"%s\": %m", path)));
 }
 
 /* the producer's latest document, or "{}" before the first */
 static char *
 read_producer_stats(void)
 {
-	FILE	   *file = AllocateFile(KP_STATS_FILE, PG_BINARY_R);
+	char		path[MAXPGPATH];
+	char		temp_path[MAXPGPATH];
+	FILE	   *file;
 	StringInfoData json;
 	char		buffer[8192];
 	size_t		n;
 
+	stats_file_names(path, temp_path);
+	file = AllocateFile(path, PG_BINARY_R);
 	if (file == NULL)
 	{
 		if (errno == ENOENT)
 			return "{}";
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not open file \"%s\": %m", KP_STATS_FILE)));
+				 errmsg("could not open file \"%s\": %m", path)));
 	}
 	initStringInfo(&json);
 	while ((n = fread(buffer, 1, sizeof(buffer), file)) > 0)
@@ -84,7 +101,7 @@ read_producer_stats(void)
 	if (ferror(file))
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read file \"%s\": %m", KP_STATS_FILE)));
+				 errmsg("could not read file \"%s\": %m", path)));
 	FreeFile(file);
 	return json.data;
 }

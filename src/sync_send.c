@@ -5,7 +5,7 @@
  *	  transaction, and waits for Kafka's acknowledgement.
  *
  *	  The backend copies the message into its slot of shared memory
- *	  (indexed by pgprocno), or into a dynamic shared memory segment named
+ *	  (indexed by pgprocno, and naming its database), or into a dynamic shared memory segment named
  *	  in the slot when it is large, sets the worker's latch and sleeps on
  *	  its own.  The worker
  *	  hands the message to a second producer of its own whose linger.ms is
@@ -74,6 +74,7 @@ typedef struct KpSyncSlot
 	slock_t		mutex;
 	KpSyncState state;
 	uint64		request;		/* the backend's request counter */
+	Oid			database;		/* the backend's, whose worker sends it */
 	dsm_handle	segment;		/* DSM_HANDLE_INVALID: the message is inline */
 	pid_t		worker_pid;		/* the worker that took the message */
 	int32		partition;		/* the answer, once ANSWERED */
@@ -83,13 +84,11 @@ typedef struct KpSyncSlot
 	char		inline_message[KP_SYNC_INLINE_SIZE];
 } KpSyncSlot;
 
-typedef struct KpSyncSlots
-{
-	pg_atomic_uint32 requested; /* slots in state REQUESTED */
-	KpSyncSlot	slots[FLEXIBLE_ARRAY_MEMBER];
-} KpSyncSlots;
+/* one per backend, indexed by pgprocno */
+static KpSyncSlot *sync_slots = NULL;
 
-static KpSyncSlots *sync_slots = NULL;
+/* in each database's slot: how many of its backends' slots are REQUESTED */
+static int	requested_part = -1;
 
 /* The message as the backend writes it into its slot or a segment. */
 typedef struct KpSyncMessage
@@ -108,8 +107,7 @@ typedef struct KpSyncMessage
 static Size
 shmem_size(void)
 {
-	return add_size(offsetof(KpSyncSlots, slots),
-					mul_size(MaxBackends, sizeof(KpSyncSlot)));
+	return mul_size(MaxBackends, sizeof(KpSyncSlot));
 }
 
 static void
@@ -118,19 +116,33 @@ shmem_attach(void *memory, bool found)
 	sync_slots = memory;
 	if (found)
 		return;
-	pg_atomic_init_u32(&sync_slots->requested, 0);
 	for (int i = 0; i < MaxBackends; i++)
 	{
-		SpinLockInit(&sync_slots->slots[i].mutex);
-		sync_slots->slots[i].state = KP_SYNC_FREE;
-		sync_slots->slots[i].request = 0;
+		SpinLockInit(&sync_slots[i].mutex);
+		sync_slots[i].state = KP_SYNC_FREE;
+		sync_slots[i].request = 0;
 	}
+}
+
+static void
+requested_reset(void *memory)
+{
+	pg_atomic_init_u32((pg_atomic_uint32 *) memory, 0);
+}
+
+/* this database's count of requests */
+static pg_atomic_uint32 *
+requested(void)
+{
+	return kp_shmem_database_part(requested_part, false);
 }
 
 void
 kp_sync_init(void)
 {
 	kp_shmem_add("kafka_producer sync sends", shmem_size, shmem_attach);
+	requested_part = kp_shmem_add_database_part(sizeof(pg_atomic_uint32),
+												requested_reset);
 }
 
 /* ---------------------------------------------------------------------
@@ -155,7 +167,7 @@ append_bytes(char *to, const void *from, int32 len)
 static KpSyncSlot *
 my_slot(void)
 {
-	return &sync_slots->slots[MyProc->pgprocno];
+	return &sync_slots[MyProc->pgprocno];
 }
 
 static Size
@@ -207,10 +219,11 @@ static void
 withdraw_request(void)
 {
 	KpSyncSlot *slot = my_slot();
+	pg_atomic_uint32 *count = requested();
 
 	SpinLockAcquire(&slot->mutex);
 	if (slot->state == KP_SYNC_REQUESTED)
-		pg_atomic_fetch_sub_u32(&sync_slots->requested, 1);
+		pg_atomic_fetch_sub_u32(count, 1);
 	slot->state = KP_SYNC_FREE;
 	SpinLockRelease(&slot->mutex);
 }
@@ -222,10 +235,11 @@ request_send(dsm_segment *segment)
 
 	SpinLockAcquire(&slot->mutex);
 	slot->request++;
+	slot->database = MyDatabaseId;
 	slot->segment = segment ? dsm_segment_handle(segment) : DSM_HANDLE_INVALID;
 	slot->state = KP_SYNC_REQUESTED;
 	SpinLockRelease(&slot->mutex);
-	pg_atomic_fetch_add_u32(&sync_slots->requested, 1);
+	pg_atomic_fetch_add_u32(requested(), 1);
 	kp_shmem_wake_worker();
 }
 
@@ -440,7 +454,7 @@ answer(KpSyncSent *sent, const char *topic, const void *key, size_t key_len,
 	   const void *value, size_t value_len, int32 partition, int64 offset,
 	   rd_kafka_resp_err_t err)
 {
-	KpSyncSlot *slot = &sync_slots->slots[sent->procno];
+	KpSyncSlot *slot = &sync_slots[sent->procno];
 	MemoryContext old = MemoryContextSwitchTo(sync_context);
 	KpSyncOutcome *outcome = palloc(sizeof(KpSyncOutcome));
 
@@ -488,7 +502,7 @@ send_message(KpSyncSent *sent, KpSyncMessage *msg)
 			   msg->headers_len);
 		headers = kp_headers_from_jsonb(sent->headers);
 	}
-	headers = kp_kafka_id_header(headers, sent->id);
+	headers = kp_kafka_identity_headers(headers, sent->id);
 	if (sync_producer == NULL)
 		sync_producer = kp_kafka_new(0, false, &sync_queue);
 	if (sync_producer == NULL)
@@ -527,7 +541,8 @@ send_message(KpSyncSent *sent, KpSyncMessage *msg)
 static void
 take_request(int procno)
 {
-	KpSyncSlot *slot = &sync_slots->slots[procno];
+	KpSyncSlot *slot = &sync_slots[procno];
+	pg_atomic_uint32 *count = requested();
 	KpSyncSent *sent;
 	dsm_handle handle;
 	uint64		request;
@@ -539,7 +554,7 @@ take_request(int procno)
 											 ALLOCSET_DEFAULT_SIZES);
 	msg = MemoryContextAlloc(sync_context, KP_SYNC_INLINE_SIZE);
 	SpinLockAcquire(&slot->mutex);
-	if (slot->state != KP_SYNC_REQUESTED)
+	if (slot->state != KP_SYNC_REQUESTED || slot->database != MyDatabaseId)
 	{
 		SpinLockRelease(&slot->mutex);
 		pfree(msg);
@@ -556,7 +571,7 @@ take_request(int procno)
 		memcpy(msg, in_slot, message_size(in_slot->key_len, in_slot->value_len,
 										  in_slot->headers_len));
 	}
-	pg_atomic_fetch_sub_u32(&sync_slots->requested, 1);
+	pg_atomic_fetch_sub_u32(count, 1);
 	SpinLockRelease(&slot->mutex);
 
 	if (handle != DSM_HANDLE_INVALID)
@@ -586,7 +601,7 @@ void
 kp_sync_send_requested(void)
 {
 	for (int procno = 0;
-		 procno < MaxBackends && pg_atomic_read_u32(&sync_slots->requested) > 0;
+		 procno < MaxBackends && pg_atomic_read_u32(requested()) > 0;
 		 procno++)
 		take_request(procno);
 }
@@ -594,7 +609,7 @@ kp_sync_send_requested(void)
 bool
 kp_sync_requested(void)
 {
-	return pg_atomic_read_u32(&sync_slots->requested) > 0;
+	return pg_atomic_read_u32(requested()) > 0;
 }
 
 static void

@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  The background worker that delivers committed messages: it scans
- *	  kafka.outbox and kafka.outbox_batch in id order, hands messages to its
- *	  librdkafka producer, and records each delivery report in batches.
+ *	  The background worker that delivers a database's committed messages:
+ *	  it scans kafka.outbox and kafka.outbox_batch in id order, hands
+ *	  messages to its librdkafka producer, and records each delivery report
+ *	  in batches.  The launcher starts one for each database served.
  *
  *	  It sleeps on its latch and on librdkafka's event pipe: a commit that
  *	  enqueued messages sets the latch, a delivery report writes to the
@@ -20,10 +21,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "access/heapam.h"
-#include "access/table.h"
-#include "access/tableam.h"
-#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -31,7 +29,6 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -49,7 +46,6 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 #define KP_REGISTRY_POLL_MS 10
 #define KP_ERROR_BACKOFF_MS 1000
 #define KP_PRUNE_INTERVAL_MS 10000
-#define KP_DATABASE_POLL_MS 5000
 
 /*
  * Messages handed to librdkafka but not yet recorded.  Recording is the
@@ -70,25 +66,7 @@ static bool held_back = false;	/* the last scan stopped at a message that
 static TimestampTz last_prune = 0;
 static char *producer_fingerprint = NULL;
 static WaitEventSet *wait_set = NULL;
-
-void
-kp_worker_register(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-		BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "kafka_producer");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN,
-			 "kafka_producer_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN,
-			 "kafka_producer worker for database %s", kp_database);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "kafka_producer");
-	RegisterBackgroundWorker(&worker);
-}
+static char *database_name = NULL;	/* in TopMemoryContext */
 
 static void
 begin_transaction(const char *activity)
@@ -160,63 +138,8 @@ wait_for_events(long timeout_ms)
 	kp_producer_clear_wakeup();
 }
 
-/*
- * Looks kafka.database up in pg_database with a plain scan: without a
- * database, only the shared catalogs' heaps can be read, not their indexes.
- */
-static bool
-database_exists(void)
-{
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-	bool		found = false;
-
-	StartTransactionCommand();
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while (!found && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname),
-					   kp_database) == 0;
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	CommitTransactionCommand();
-	return found;
-}
-
-/*
- * Connected to no database, waits quietly until kafka.database exists,
- * then exits so that the postmaster starts the worker again, connecting to
- * it: a process cannot switch databases.  Runs only after a connection
- * attempt failed, so a server that has the database never waits here.
- */
-static void
-wait_for_database(void)
-{
-	bool		logged = false;
-
-	kp_shmem_end_connecting();
-	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	pgstat_report_appname("kafka_producer");
-	while (!ShutdownRequestPending)
-	{
-		if (database_exists())
-			break;
-		if (!logged)
-			ereport(LOG,
-					(errmsg("kafka_producer worker is waiting for database \"%s\" to be created",
-							kp_database),
-					 errhint("Create the database, or set kafka.database and restart the server.")));
-		logged = true;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 KP_DATABASE_POLL_MS, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	proc_exit(1);
-}
-
 static bool extension_present;
+static bool extension_missing;	/* not created, as opposed to not updated */
 
 /* what the worker waits for, in words; in TopMemoryContext */
 static char *extension_awaited = NULL;
@@ -228,17 +151,24 @@ check_extension_step(void *arg)
 	char	   *awaited;
 
 	begin_transaction("checking for the extension");
+	if (database_name == NULL)
+	{
+		database_name = MemoryContextStrdup(TopMemoryContext,
+											get_database_name(MyDatabaseId));
+		kp_kafka_set_database(database_name);
+	}
 	version = kp_extension_version();
 	extension_present = kp_extension_is_current(version);
+	extension_missing = version == NULL;
 	awaited = version == NULL ? "CREATE EXTENSION kafka_producer" :
 		psprintf("ALTER EXTENSION kafka_producer UPDATE (it is at version %s, the library at %s)",
 				 version, KP_EXTENSION_VERSION);
 	if (extension_awaited == NULL || strcmp(awaited, extension_awaited) != 0)
 	{
-		if (!extension_present)
+		if (!extension_present && !extension_missing)
 			ereport(LOG,
 					(errmsg("kafka_producer worker is waiting for %s in database \"%s\"",
-							awaited, kp_database)));
+							awaited, database_name)));
 		if (extension_awaited != NULL)
 			pfree(extension_awaited);
 		extension_awaited = MemoryContextStrdup(TopMemoryContext, awaited);
@@ -247,17 +177,19 @@ check_extension_step(void *arg)
 }
 
 /*
- * Waits quietly until the extension is created, at the version of this
- * library: a database still at an older one keeps its messages until
- * ALTER EXTENSION ... UPDATE.
+ * Waits quietly until the extension is at the version of this library: a
+ * database still at an older one keeps its messages until ALTER EXTENSION
+ * ... UPDATE.  Returns false if the database has no extension: the worker
+ * leaves, and the launcher starts one again once it is created.
  */
-static void
+static bool
 wait_for_extension(void)
 {
 	while (!ShutdownRequestPending)
 	{
-		if (run_guarded(check_extension_step, NULL) && extension_present)
-			return;
+		if (run_guarded(check_extension_step, NULL) &&
+			(extension_present || extension_missing))
+			return extension_present;
 		wait_for_events(KP_IDLE_WAIT_MS);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -266,6 +198,7 @@ wait_for_extension(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 	}
+	return false;
 }
 
 /*
@@ -680,10 +613,11 @@ deliver(MemoryContext loop_context)
 		}
 		if (!extension_present)
 		{
-			/* dropped: its messages went with it */
+			/* dropped, or updated by a newer library's script */
 			stop_producer();
-			wait_for_extension();
-	run_guarded(count_backlog_step, NULL);
+			if (!wait_for_extension())
+				return;
+			run_guarded(count_backlog_step, NULL);
 			scan_after = 0;
 			start_producer();
 			continue;
@@ -697,37 +631,30 @@ deliver(MemoryContext loop_context)
 	}
 }
 
-/*
- * Whether DROP DATABASE holds our database, and asked us to leave: it
- * waits 5 s for the sessions it ended, and the messages go with the
- * database anyway.
- */
-static bool
-database_being_dropped(void)
+/* The database has no extension: the worker leaves, and says why. */
+static void
+leave_without_extension(void)
 {
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
-	/* a session lock: no transaction is open at shutdown */
-	if (LockAcquire(&tag, AccessShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
-		return true;
-	LockRelease(&tag, AccessShareLock, true);
-	return false;
+	ereport(DEBUG1,
+			(errmsg("kafka_producer worker leaves database \"%s\", which has no kafka_producer extension",
+					database_name)));
+	kp_shmem_worker_found_no_extension();
+	proc_exit(0);
 }
 
 void
 kafka_producer_worker_main(Datum main_arg)
 {
+	int			slot = DatumGetInt32(main_arg);
+	KpSlotInfo	info;
 	MemoryContext loop_context;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
-	if (!kp_shmem_begin_connecting())
-		wait_for_database();
-	BackgroundWorkerInitializeConnection(kp_database, NULL, 0);
-	kp_shmem_end_connecting();
+	kp_shmem_slot_info(slot, &info);
+	BackgroundWorkerInitializeConnectionByOid(info.database, InvalidOid, 0);
 	pgstat_report_appname("kafka_producer");
 	/* the worker runs as superuser: resolve nothing through user schemas */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET,
@@ -735,26 +662,32 @@ kafka_producer_worker_main(Datum main_arg)
 	/* its few statements gain nothing from parallel workers it must wait for */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET,
 					PGC_S_OVERRIDE);
-	kp_shmem_worker_attach();
+	kp_shmem_worker_attach(slot);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
 										 "kafka_producer worker loop",
 										 ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(loop_context);
 
-	wait_for_extension();
+	if (!wait_for_extension())
+	{
+		if (!ShutdownRequestPending)
+			leave_without_extension();
+		proc_exit(0);
+	}
 	run_guarded(count_backlog_step, NULL);
 	start_producer();
 	deliver(loop_context);
 
+	if (!ShutdownRequestPending)
+		leave_without_extension();
 	ereport(LOG,
 			(errmsg("kafka_producer worker shutting down with %ld messages in flight",
 					kp_producer_in_flight_count())));
 	rewinding = true;
-	if (!database_being_dropped())
+	/* DROP DATABASE waits for us: leave at once */
+	if (!kp_shmem_database_held_by_drop(MyDatabaseId))
 		drain_in_flight(kp_shutdown_timeout_ms);
 	stop_producer();
-
-	/* a non-zero exit code makes the postmaster start the worker again */
-	proc_exit(1);
+	proc_exit(0);
 }

@@ -146,7 +146,8 @@ class PgCluster:
 
     def worker_pid(self):
         rows = self.query("SELECT pid FROM pg_stat_activity "
-                          "WHERE backend_type = 'kafka_producer'")
+                          "WHERE backend_type = 'kafka_producer' "
+                          "AND datname = current_database()")
         return rows[0][0] if rows else None
 
     def wait_for_worker(self, timeout=60, other_than=None):

@@ -51,7 +51,8 @@ def test_returns_where_kafka_stored_it(pg, kafka):
     records = consume_all(kafka.bootstrap, "sync_basic")
     assert [(r.partition, r.offset, r.key, r.value, r.headers) for r in records] == \
         [(partition, offset, b"k1", b"hello",
-          [("h", b"v"), ("kafka_producer.id", str(message_id).encode())])]
+          [("h", b"v"), ("kafka_producer.id", str(message_id).encode()),
+           ("kafka_producer.database", b"postgres")])]
     assert recorded(pg, message_id) == ("delivered", partition, offset, None)
 
 
@@ -62,8 +63,10 @@ def test_large_message_travels_in_a_segment(pg, kafka):
            for value, key in ((big, "big"), ("x" * 3000, "k" * 1000))]
     records = consume_all(kafka.bootstrap, "sync_large")
     assert sorted((r.key, r.value, r.headers) for r in records) == sorted([
-        (b"big", big.encode(), [("size", b"200000"), ("kafka_producer.id", str(ids[0]).encode())]),
-        (b"k" * 1000, b"x" * 3000, [("size", b"3000"), ("kafka_producer.id", str(ids[1]).encode())])])
+        (b"big", big.encode(), [("size", b"200000"), ("kafka_producer.id", str(ids[0]).encode()),
+                                ("kafka_producer.database", b"postgres")]),
+        (b"k" * 1000, b"x" * 3000, [("size", b"3000"), ("kafka_producer.id", str(ids[1]).encode()),
+                                    ("kafka_producer.database", b"postgres")])])
 
 
 def test_sent_even_if_the_caller_rolls_back(pg, kafka):
