@@ -65,6 +65,7 @@ typedef struct KpWorkerEntry
 {
 	BackgroundWorkerHandle *handle; /* NULL: not started by this launcher */
 	TimestampTz started_at;
+	bool		stopping;		/* asked to stop: no longer served */
 } KpWorkerEntry;
 
 static KpWorkerEntry *entries = NULL;
@@ -179,6 +180,7 @@ start_worker(int index, KpDatabase *database)
 	snprintf(worker.bgw_type, BGW_MAXLEN, "kafka_producer");
 
 	entries[index].started_at = GetCurrentTimestamp();
+	entries[index].stopping = false;
 	if (!RegisterDynamicBackgroundWorker(&worker, &entries[index].handle))
 	{
 		entries[index].handle = NULL;
@@ -219,10 +221,12 @@ worker_running(int index, KpSlotInfo *info)
 static void
 stop_worker(int index, KpSlotInfo *info, KpDatabase *database)
 {
-	if (database != NULL)
-		ereport(LOG,
-				(errmsg("kafka_producer stops serving database \"%s\", which kafka.databases no longer names",
-						database->name)));
+	if (entries[index].stopping)
+		return;
+	entries[index].stopping = true;
+	ereport(LOG,
+			(errmsg("kafka_producer stops serving database \"%s\", which kafka.databases no longer names",
+					database->name)));
 	if (entries[index].handle != NULL)
 		TerminateBackgroundWorker(entries[index].handle);
 	else if (info->worker_pid != 0)
@@ -233,6 +237,7 @@ static void
 free_slot(int index)
 {
 	entries[index].started_at = 0;
+	entries[index].stopping = false;
 	kp_shmem_free_slot(index);
 }
 
