@@ -559,7 +559,7 @@ COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with 
 CREATE FUNCTION kafka.publish_trigger() RETURNS trigger
 	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish_trigger';
 
-/* Every row of a published table as an "r" (read) event. */
+/* Every row of a published table, or of its partitions, as an "r" (read) event. */
 CREATE FUNCTION kafka_snapshot(tbl regclass) RETURNS bigint
 	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
 
@@ -733,18 +733,33 @@ AS $$
 DECLARE
 	rel record;
 	filter_function oid;
+	published regclass;
+	published_above boolean;
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO rel
 	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-	IF rel.relkind = 'p' THEN
-		RAISE EXCEPTION 'cannot publish partitioned table %', tbl
-			USING ERRCODE = 'feature_not_supported',
-				  HINT = 'Publish each partition.';
+	/* a partitioned table's row trigger is cloned to every partition, present and future */
+	SELECT p.relid, p.relid IN (SELECT relid FROM pg_partition_ancestors(tbl))
+	  INTO published, published_above
+	  FROM kafka.publication p
+	 WHERE p.relid <> tbl
+	   AND (p.relid IN (SELECT relid FROM pg_partition_ancestors(tbl))
+			OR p.relid IN (SELECT relid FROM pg_partition_tree(tbl)))
+	 LIMIT 1;
+	IF published_above THEN
+		RAISE EXCEPTION 'cannot publish partition % of published table %', tbl, published
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Its changes are published under the options of the partitioned table.',
+				  HINT = 'Change the options with kafka_publish() on the partitioned table.';
+	ELSIF published IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot publish partitioned table % while its partition % is published', tbl, published
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Unpublish the partition first, with kafka_unpublish().';
 	END IF;
-	IF rel.relkind <> 'r' THEN
+	IF rel.relkind NOT IN ('r', 'p') THEN
 		RAISE EXCEPTION 'cannot publish "%"', tbl
 			USING ERRCODE = 'wrong_object_type',
 				  DETAIL = format('It is %s; only tables can be published.',

@@ -234,8 +234,22 @@ CREATE VIEW a_view AS SELECT 1 AS id;
 SELECT kafka_publish('a_view');
 CREATE MATERIALIZED VIEW a_matview AS SELECT 1 AS id;
 SELECT kafka_publish('a_matview');
-CREATE TABLE a_partitioned (id int PRIMARY KEY) PARTITION BY RANGE (id);
+-- a partitioned table publishes its partitions, present and future; one of
+-- them cannot be published on its own, nor the parent while one is
+CREATE TABLE a_partitioned (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);
+CREATE TABLE a_partition_1 PARTITION OF a_partitioned FOR VALUES FROM (0) TO (10);
+SELECT kafka_publish('a_partition_1');
 SELECT kafka_publish('a_partitioned');
+SELECT kafka_unpublish('a_partition_1');
+SELECT kafka_publish('a_partitioned');
+CREATE TABLE a_partition_2 PARTITION OF a_partitioned FOR VALUES FROM (10) TO (20);
+SELECT kafka_publish('a_partition_2');
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgrelid IN ('a_partitioned'::regclass, 'a_partition_1'::regclass, 'a_partition_2'::regclass)
+ ORDER BY 1, 2;
+SELECT kafka_unpublish('a_partitioned');
+SELECT count(*) AS triggers_left FROM pg_trigger
+ WHERE tgrelid IN ('a_partitioned'::regclass, 'a_partition_1'::regclass, 'a_partition_2'::regclass);
 DROP TABLE a_partitioned;
 CREATE TEMPORARY TABLE a_temp (id int PRIMARY KEY);
 SELECT kafka_publish('a_temp');

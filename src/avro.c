@@ -372,12 +372,13 @@ envelope_json(KpAvroSchema *envelope, const char *name, bool canonical)
 					 "{\"name\":\"table\",\"type\":\"string\"},"
 					 "{\"name\":\"txId\",\"type\":\"long\"},"
 					 "{\"name\":\"lsn\",\"type\":\"long\"},"
-					 "{\"name\":\"xmin\",\"type\":[\"null\",\"long\"]%s}]}},"
+					 "{\"name\":\"xmin\",\"type\":[\"null\",\"long\"]%s},"
+					 "{\"name\":\"partition\",\"type\":[\"null\",\"string\"]%s}]}},"
 					 "{\"name\":\"op\",\"type\":\"string\"},"
 					 "{\"name\":\"ts_ms\",\"type\":\"long\"}]}",
 					 name, schema_json(envelope->row, row_record_name, canonical),
 					 nullable_default, row_record_name, nullable_default,
-					 KP_AVRO_NAMESPACE, nullable_default);
+					 KP_AVRO_NAMESPACE, nullable_default, nullable_default);
 	return out.data;
 }
 
@@ -1074,7 +1075,8 @@ typedef enum KpSourceMember
 	SOURCE_TABLE,
 	SOURCE_TXID,
 	SOURCE_LSN,
-	SOURCE_XMIN					/* always null, as in the JSON envelope */
+	SOURCE_XMIN,				/* always null, as in the JSON envelope */
+	SOURCE_PARTITION			/* of a partitioned table, else null */
 } KpSourceMember;
 
 static void
@@ -1114,6 +1116,22 @@ set_null_member(avro_value_t *record, int member)
 }
 
 static void
+set_nullable_string_member(avro_value_t *record, int member, const char *value)
+{
+	avro_value_t field;
+	avro_value_t branch;
+
+	if (value == NULL)
+	{
+		set_null_member(record, member);
+		return;
+	}
+	check_avro(avro_value_get_by_index(record, member, &field, NULL));
+	check_avro(avro_value_set_branch(&field, 1, &branch));
+	set_string_in_place(&branch, value);
+}
+
+static void
 set_long_member(avro_value_t *record, int member, int64 value)
 {
 	avro_value_t field;
@@ -1149,6 +1167,7 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 		set_string_member(&record, SOURCE_SCHEMA, source->schema);
 		set_string_member(&record, SOURCE_TABLE, source->table);
 		set_null_member(&record, SOURCE_XMIN);
+		set_nullable_string_member(&record, SOURCE_PARTITION, source->partition);
 		envelope->source_set = true;
 	}
 	set_long_member(&record, SOURCE_TS_MS, source->ts_ms);

@@ -29,6 +29,7 @@ typedef struct KpAvroSource
 	const char *db;
 	const char *schema;
 	const char *table;
+	const char *partition;		/* the partition changed; NULL: none */
 	int64		ts_ms;
 	int64		txid;
 	int64		lsn;

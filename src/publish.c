@@ -12,15 +12,25 @@
  *	  are read once per relation and kept with the column encoders until a
  *	  relcache invalidation of the table (ALTER TABLE, kafka_publish again).
  *
+ *	  A partitioned table's row trigger is cloned to each of its partitions,
+ *	  present and future, and fires there: a partition's changes are
+ *	  published under its published ancestor's options, its rows first
+ *	  converted to the ancestor's row type (the columns of a partition may
+ *	  be numbered differently), and its events name the ancestor as their
+ *	  table and the partition in a member of its own.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/heapam.h"
 #include "access/relation.h"
+#include "access/tupconvert.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/partition.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/trigger.h"
@@ -57,7 +67,8 @@ PG_FUNCTION_INFO_V1(kafka_check_publication);
 
 typedef struct KpPublication
 {
-	Oid			relid;			/* hash key */
+	Oid			relid;			/* hash key: the table changed */
+	Oid			published_relid;	/* relid, or its published ancestor */
 	bool		valid;
 	MemoryContext context;
 	text	   *topic;
@@ -65,6 +76,9 @@ typedef struct KpPublication
 	KpTimeFormat time_format;
 	Oid			filter;			/* the row filter function, or InvalidOid */
 	FmgrInfo	filter_call;	/* its call, its argument typed as the row */
+	TupleDesc	desc;			/* the published table's row type */
+	TupleConversionMap *to_published;	/* a partition's rows to it; NULL:
+										 * same columns */
 	int			natts;
 	bool	   *published;		/* per attribute: in before and after */
 	KpJsonColumn *columns;		/* per attribute */
@@ -90,7 +104,8 @@ invalidate_publication(Datum arg, Oid relid)
 
 	hash_seq_init(&scan, publications);
 	while ((pub = hash_seq_search(&scan)) != NULL)
-		if (relid == InvalidOid || pub->relid == relid)
+		if (relid == InvalidOid || pub->relid == relid ||
+			pub->published_relid == relid)
 			pub->valid = false;
 }
 
@@ -119,17 +134,37 @@ json_string(const char *str)
 	return out.data;
 }
 
-/* Reads the options of rel's publication: topic, keys, columns, ... */
+/* rel's relid and its ancestors', nearest first, as an oid[] */
+static Datum
+relid_and_ancestors(Relation rel)
+{
+	List	   *ancestors = rel->rd_rel->relispartition ?
+		get_partition_ancestors(RelationGetRelid(rel)) : NIL;
+	Datum	   *relids = palloc((list_length(ancestors) + 1) * sizeof(Datum));
+	int			count = 0;
+	ListCell   *lc;
+
+	relids[count++] = ObjectIdGetDatum(RelationGetRelid(rel));
+	foreach(lc, ancestors)
+		relids[count++] = ObjectIdGetDatum(lfirst_oid(lc));
+	return PointerGetDatum(construct_array(relids, count, OIDOID, sizeof(Oid),
+										   true, TYPALIGN_INT));
+}
+
+/*
+ * Reads the options of rel's publication, or of its nearest published
+ * ancestor's: topic, keys, columns, ...
+ */
 static void
 load_options(KpPublication *pub, Relation rel)
 {
-	Oid			argtypes[] = {OIDOID};
-	Datum		args[] = {ObjectIdGetDatum(pub->relid)};
+	Oid			argtypes[] = {OIDARRAYOID};
+	Datum		args[] = {relid_and_ancestors(rel)};
 	HeapTuple	row;
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		columns;
-
+	Relation	published;
 	KpSavedUser saved;
 
 	/* whoever changed the table, with or without rights on kafka.* */
@@ -137,8 +172,9 @@ load_options(KpPublication *pub, Relation rel)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
-							  "  time_format, row_filter_function, format = 'avro' "
-							  "FROM kafka.publication WHERE relid = $1",
+							  "  time_format, row_filter_function, format = 'avro', relid "
+							  "FROM kafka.publication WHERE relid = ANY ($1) "
+							  "ORDER BY array_position($1, relid::oid) LIMIT 1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kafka.publication");
 	if (SPI_processed == 0)
@@ -150,10 +186,14 @@ load_options(KpPublication *pub, Relation rel)
 	desc = SPI_tuptable->tupdesc;
 
 	MemoryContextSwitchTo(pub->context);
+	pub->published_relid = DatumGetObjectId(SPI_getbinval(row, desc, 8, &isnull));
+	/* locked until the end of the transaction, as a changed table is */
+	published = relation_open(pub->published_relid, AccessShareLock);
+	pub->natts = RelationGetDescr(published)->natts;
+	relation_close(published, NoLock);
 	pub->topic = DatumGetTextPCopy(SPI_getbinval(row, desc, 1, &isnull));
 	pub->keys = attnums_of(SPI_getbinval(row, desc, 2, &isnull), &pub->nkeys);
 	columns = SPI_getbinval(row, desc, 3, &isnull);
-	pub->natts = RelationGetDescr(rel)->natts;
 	pub->published = palloc0(pub->natts * sizeof(bool));
 	if (isnull)
 		memset(pub->published, true, pub->natts * sizeof(bool));
@@ -198,6 +238,8 @@ prepare_avro(KpPublication *pub, Relation rel)
 	pub->avro_source.db = pub->avro_source.name;
 	pub->avro_source.schema = get_namespace_name(RelationGetNamespace(rel));
 	pub->avro_source.table = pstrdup(RelationGetRelationName(rel));
+	pub->avro_source.partition = pub->relid == pub->published_relid ? NULL :
+		get_rel_name(pub->relid);
 }
 
 /*
@@ -220,13 +262,20 @@ check_filter(Oid filter, Relation rel)
 				 errhint("Run kafka_publish() again to make the filter anew.")));
 }
 
-/* The column encoders, names and "source" constants for rel's columns. */
+/*
+ * The column encoders, names and "source" constants for the columns of
+ * rel, the published table, and how the changed table's rows become its.
+ */
 static void
-prepare_columns(KpPublication *pub, Relation rel)
+prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	StringInfoData source;
 	MemoryContext old = MemoryContextSwitchTo(pub->context);
+
+	pub->desc = CreateTupleDescCopy(desc);
+	pub->to_published = rel == changed ? NULL :
+		convert_tuples_by_name(RelationGetDescr(changed), desc);
 
 	pub->columns = palloc0(pub->natts * sizeof(KpJsonColumn));
 	pub->names = palloc0(pub->natts * sizeof(char *));
@@ -261,6 +310,9 @@ prepare_columns(KpPublication *pub, Relation rel)
 					 json_string(get_database_name(MyDatabaseId)),
 					 json_string(get_namespace_name(RelationGetNamespace(rel))),
 					 json_string(RelationGetRelationName(rel)));
+	if (pub->relid != pub->published_relid)
+		appendStringInfo(&source, ",\"partition\":%s",
+						 json_string(get_rel_name(pub->relid)));
 	pub->source = source.data;
 	if (pub->avro)
 		prepare_avro(pub, rel);
@@ -284,6 +336,7 @@ publication_for(Relation rel)
 	Oid			relid = RelationGetRelid(rel);
 	static KpPublication *last = NULL;	/* a statement's rows share it */
 	KpPublication *pub;
+	Relation	published;
 	bool		found;
 
 	if (last != NULL && last->relid == relid && last->valid)
@@ -307,8 +360,13 @@ publication_for(Relation rel)
 											 ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(pub->context);
 	pub->valid = false;
+	pub->published_relid = InvalidOid;
 	load_options(pub, rel);
-	prepare_columns(pub, rel);
+	published = pub->published_relid == relid ? rel :
+		relation_open(pub->published_relid, NoLock);
+	prepare_columns(pub, published, rel);
+	if (published != rel)
+		relation_close(published, NoLock);
 	pub->valid = true;
 	last = pub;
 	return pub;
@@ -543,6 +601,22 @@ publish_update(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	}
 }
 
+/* A partition's row as a row of its published ancestor. */
+static HeapTuple
+as_published(KpPublication *pub, HeapTuple tuple)
+{
+	return pub->to_published ? execute_attr_map_tuple(tuple, pub->to_published) :
+		tuple;
+}
+
+/* A created or deleted row, its event if it passes the row filter. */
+static void
+publish_one(KpPublication *pub, HeapTuple before, HeapTuple after, char op)
+{
+	if (passes_filter(pub, pub->desc, before ? before : after))
+		publish_row(pub, pub->desc, before, after, op);
+}
+
 static void
 publish_truncate(KpPublication *pub, TupleDesc desc)
 {
@@ -570,23 +644,18 @@ kafka_publish_trigger(PG_FUNCTION_ARGS)
 				 errhint("Attach it with kafka_publish().")));
 	event = trigdata->tg_event;
 	pub = publication_for(trigdata->tg_relation);
-	desc = RelationGetDescr(trigdata->tg_relation);
+	desc = pub->desc;
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
 		publish_truncate(pub, desc);
 	else if (!TRIGGER_FIRED_FOR_ROW(event))
 		kp_enqueue_flush();		/* after the statement's row triggers */
 	else if (TRIGGER_FIRED_BY_INSERT(event))
-	{
-		if (passes_filter(pub, desc, trigdata->tg_trigtuple))
-			publish_row(pub, desc, NULL, trigdata->tg_trigtuple, 'c');
-	}
+		publish_one(pub, NULL, as_published(pub, trigdata->tg_trigtuple), 'c');
 	else if (TRIGGER_FIRED_BY_DELETE(event))
-	{
-		if (passes_filter(pub, desc, trigdata->tg_trigtuple))
-			publish_row(pub, desc, trigdata->tg_trigtuple, NULL, 'd');
-	}
+		publish_one(pub, as_published(pub, trigdata->tg_trigtuple), NULL, 'd');
 	else
-		publish_update(pub, desc, trigdata->tg_trigtuple, trigdata->tg_newtuple);
+		publish_update(pub, desc, as_published(pub, trigdata->tg_trigtuple),
+					   as_published(pub, trigdata->tg_newtuple));
 	return PointerGetDatum(NULL);
 }
 
@@ -607,22 +676,45 @@ kafka_check_publication(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* Each row of rel, a table with storage, as an "r" event; returns how many. */
+static int64
+snapshot_table(Relation rel, Snapshot snapshot)
+{
+	KpPublication *pub = publication_for(rel);
+	TableScanDesc scan = table_beginscan(rel, snapshot, 0, NULL);
+	HeapTuple	tuple;
+	int64		count = 0;
+
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		HeapTuple	row = as_published(pub, tuple);
+
+		CHECK_FOR_INTERRUPTS();
+		if (!passes_filter(pub, pub->desc, row))
+			continue;
+		publish_row(pub, pub->desc, NULL, row, 'r');
+		count++;
+	}
+	table_endscan(scan);
+	return count;
+}
+
 /*
  * kafka_snapshot(tbl regclass) returns the number of rows enqueued
  *
- * Every row of a published table as an "r" event.  The table is locked
- * against writers until the transaction ends, then read with a snapshot
- * taken after the lock: a change committed before is in the snapshot, one
- * made after waits for the lock and comes after the snapshot's events.
+ * Every row of a published table, or of each partition of a partitioned
+ * one, as an "r" event.  The tables are locked against writers until the
+ * transaction ends, then read with a snapshot taken after the locks: a
+ * change committed before is in the snapshot, one made after waits for the
+ * lock and comes after the snapshot's events.
  */
 Datum
 kafka_snapshot(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	Relation	rel;
-	KpPublication *pub;
-	TableScanDesc scan;
-	HeapTuple	tuple;
+	List	   *tables;
+	ListCell   *lc;
 	Snapshot	snapshot;
 	int64		count = 0;
 
@@ -632,18 +724,19 @@ kafka_snapshot(PG_FUNCTION_ARGS)
 				 errmsg("cannot snapshot a published table in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errdetail("It reads the table with a snapshot taken after locking it.")));
 	rel = table_open(relid, ShareLock);
-	pub = publication_for(rel);
+	(void) publication_for(rel);
+	tables = find_all_inheritors(relid, ShareLock, NULL);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	foreach(lc, tables)
 	{
-		CHECK_FOR_INTERRUPTS();
-		if (!passes_filter(pub, RelationGetDescr(rel), tuple))
+		Relation	table;
+
+		if (get_rel_relkind(lfirst_oid(lc)) != RELKIND_RELATION)
 			continue;
-		publish_row(pub, RelationGetDescr(rel), NULL, tuple, 'r');
-		count++;
+		table = table_open(lfirst_oid(lc), NoLock);
+		count += snapshot_table(table, snapshot);
+		table_close(table, NoLock);
 	}
-	table_endscan(scan);
 	kp_enqueue_flush();
 	UnregisterSnapshot(snapshot);
 	table_close(rel, NoLock);

@@ -9,34 +9,35 @@ import threading
 import psycopg2
 
 from harness import consume_all, replay_events
+from workload import id_header
 
 SOURCE = """CREATE TABLE replay_src (
     id int PRIMARY KEY, name text, qty int, price numeric(10, 2), tags text[],
     updated timestamptz, data jsonb, blob bytea)"""
 
 
-def random_change(cur, rng):
+def random_change(cur, rng, table="replay_src"):
     """One random insert, update (sometimes of the key) or delete."""
     id_ = rng.randint(1, 400)
     choice = rng.random()
     if choice < 0.4:
-        cur.execute("INSERT INTO replay_src VALUES (%s, %s, %s, %s, %s, now(), %s, %s) "
-                    "ON CONFLICT (id) DO NOTHING",
+        cur.execute(f"INSERT INTO {table} (id, name, qty, price, tags, updated, data, blob) "
+                    "VALUES (%s, %s, %s, %s, %s, now(), %s, %s) ON CONFLICT (id) DO NOTHING",
                     (id_, f"n{rng.random()}", rng.randint(-5, 5), round(rng.uniform(0, 1000), 2),
                      [f"t{rng.randint(0, 9)}", None], json.dumps({"r": rng.random()}),
                      bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))))
     elif choice < 0.75:
-        cur.execute("UPDATE replay_src SET qty = qty + 1, name = %s, updated = now() "
+        cur.execute(f"UPDATE {table} SET qty = qty + 1, name = %s, updated = now() "
                     "WHERE id = %s", (f"u{rng.random()}", id_))
     elif choice < 0.85:
-        cur.execute("UPDATE replay_src SET id = %s WHERE id = %s "
-                    "AND NOT EXISTS (SELECT FROM replay_src WHERE id = %s)",
+        cur.execute(f"UPDATE {table} SET id = %s WHERE id = %s "
+                    f"AND NOT EXISTS (SELECT FROM {table} WHERE id = %s)",
                     (id_ + 1000, id_, id_ + 1000))
     else:
-        cur.execute("DELETE FROM replay_src WHERE id = %s", (id_,))
+        cur.execute(f"DELETE FROM {table} WHERE id = %s", (id_,))
 
 
-def session(pg, seed, changes, counts):
+def session(pg, seed, changes, counts, table="replay_src"):
     rng = random.Random(seed)
     conn = pg.connect(autocommit=False)
     cur = conn.cursor()
@@ -45,22 +46,24 @@ def session(pg, seed, changes, counts):
         size = rng.randint(1, 5)
         try:
             for _ in range(size):
-                random_change(cur, rng)
+                random_change(cur, rng, table)
             if rng.random() < 0.2:
                 conn.rollback()
                 counts["rolled_back"] += size
             else:
                 conn.commit()
                 counts["committed"] += size
-        except (psycopg2.errors.DeadlockDetected, psycopg2.errors.UniqueViolation):
+        except (psycopg2.errors.DeadlockDetected, psycopg2.errors.UniqueViolation,
+                psycopg2.errors.SerializationFailure):
+            # the last: a row another session moved to another partition
             conn.rollback()
             counts["rolled_back"] += size
         done += size
     conn.close()
 
 
-def replay(pg, records):
-    """Applies the events to replay_copy, each partition in its order."""
+def replay(pg, records, copy="replay_copy"):
+    """Applies the events to copy, each partition in its order."""
     conn = pg.connect(autocommit=True)
     cur = conn.cursor()
     ops = {}
@@ -71,43 +74,121 @@ def replay(pg, records):
         ops[event["op"]] = ops.get(event["op"], 0) + 1
         assert json.loads(r.key) == {"id": (event["after"] or event["before"])["id"]}
         if event["op"] in ("c", "r", "u"):
-            cur.execute("""INSERT INTO replay_copy
-                           SELECT * FROM jsonb_populate_record(NULL::replay_copy, %s::jsonb
+            cur.execute(f"""INSERT INTO {copy}
+                           SELECT * FROM jsonb_populate_record(NULL::{copy}, %s::jsonb
                                          || jsonb_build_object('blob', decode(%s, 'base64')))
                            ON CONFLICT (id) DO UPDATE SET (name, qty, price, tags, updated, data, blob)
                              = (excluded.name, excluded.qty, excluded.price, excluded.tags,
                                 excluded.updated, excluded.data, excluded.blob)""",
                         (json.dumps(event["after"]), event["after"]["blob"]))
         elif event["op"] == "d":
-            cur.execute("DELETE FROM replay_copy WHERE id = %s", (event["before"]["id"],))
+            cur.execute(f"DELETE FROM {copy} WHERE id = %s", (event["before"]["id"],))
     conn.close()
     return ops
+
+
+def run_and_replay(pg, kafka, table, copy, topic, changes):
+    """4 sessions of random changes to table, a fifth of their transactions
+    rolled back; the events replayed into copy, which must equal table."""
+    counts = {"committed": 0, "rolled_back": 0}
+    threads = [threading.Thread(target=session, args=(pg, seed, changes, counts, table))
+               for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = pg.wait_until_final(topic, timeout=300)
+    assert set(final) == {"delivered"}
+    records = consume_all(kafka.bootstrap, topic)
+    ops = replay(pg, records, copy)
+    columns = "id, name, qty, price, tags, updated, data, blob"
+    missing = pg.scalar(f"SELECT count(*) FROM (SELECT {columns} FROM {table} EXCEPT "
+                        f"SELECT {columns} FROM {copy}) d")
+    extra = pg.scalar(f"SELECT count(*) FROM (SELECT {columns} FROM {copy} EXCEPT "
+                      f"SELECT {columns} FROM {table}) d")
+    rows = pg.scalar(f"SELECT count(*) FROM {table}")
+    print(f"\n{table} replay: changes={counts['committed'] + counts['rolled_back']} "
+          f"committed={counts['committed']} rolled_back={counts['rolled_back']} "
+          f"events={sum(ops.values())} {ops} rows={rows} missing={missing} extra={extra}")
+    assert (missing, extra) == (0, 0)
+    assert rows > 0 and ops.get("d", 0) > 0 and ops.get("u", 0) > 0
+    return records
 
 
 def test_replay_equals_source(pg, kafka):
     pg.query(SOURCE)
     pg.query("CREATE TABLE replay_copy (LIKE replay_src INCLUDING ALL)")
     pg.query("SELECT kafka_publish('replay_src', topic => 'cdc_replay')")
-    counts = {"committed": 0, "rolled_back": 0}
-    threads = [threading.Thread(target=session, args=(pg, seed, 2500, counts))
-               for seed in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    final = pg.wait_until_final("cdc_replay", timeout=300)
-    assert set(final) == {"delivered"}
-    ops = replay(pg, consume_all(kafka.bootstrap, "cdc_replay"))
-    missing = pg.scalar("SELECT count(*) FROM (SELECT * FROM replay_src EXCEPT "
-                        "SELECT * FROM replay_copy) d")
-    extra = pg.scalar("SELECT count(*) FROM (SELECT * FROM replay_copy EXCEPT "
-                      "SELECT * FROM replay_src) d")
-    rows = pg.scalar("SELECT count(*) FROM replay_src")
-    print(f"\ncdc replay: changes={counts['committed'] + counts['rolled_back']} "
-          f"committed={counts['committed']} rolled_back={counts['rolled_back']} "
-          f"events={sum(ops.values())} {ops} rows={rows} missing={missing} extra={extra}")
-    assert (missing, extra) == (0, 0)
-    assert rows > 0 and ops.get("d", 0) > 0 and ops.get("u", 0) > 0
+    run_and_replay(pg, kafka, "replay_src", "replay_copy", "cdc_replay", 2500)
+
+
+def test_partitioned_table(pg, kafka):
+    """kafka_publish on a partitioned table publishes every partition under
+    its options: one attached before publishing (its columns numbered
+    otherwise, after a dropped one), one created after, one attached after
+    with its columns in another order, and a sub-partitioned one.  An
+    UPDATE that moves a row to another partition gives a delete (and its
+    tombstone) then a create.  Events name the partitioned table in
+    source.table, and the partition in source.partition.  The replay under
+    4 sessions with rollbacks equals the source; a detached partition is no
+    longer published; kafka_snapshot reads every partition; kafka_unpublish
+    leaves no trigger behind."""
+    pg.query(SOURCE.replace("replay_src", "part_src").replace(
+        "blob bytea)", "blob bytea) PARTITION BY RANGE (id)"))
+    pg.query("CREATE TABLE part_copy (LIKE part_src)")
+    pg.query("ALTER TABLE part_copy ADD PRIMARY KEY (id)")
+    pg.query("CREATE TABLE part_low (gone int, LIKE part_src)")
+    pg.query("ALTER TABLE part_low DROP COLUMN gone")
+    pg.query("ALTER TABLE part_src ATTACH PARTITION part_low FOR VALUES FROM (MINVALUE) TO (200)")
+    pg.query("SELECT kafka_publish('part_src', topic => 'cdc_partitioned')")
+    pg.query("CREATE TABLE part_mid PARTITION OF part_src FOR VALUES FROM (200) TO (1000)")
+    pg.query("CREATE TABLE part_moved PARTITION OF part_src FOR VALUES FROM (1000) TO (MAXVALUE) "
+             "PARTITION BY RANGE (id)")
+    pg.query("CREATE TABLE part_moved_1 PARTITION OF part_moved FOR VALUES FROM (1000) TO (1200)")
+    pg.query("CREATE TABLE part_moved_2 (blob bytea, data jsonb, updated timestamptz, tags text[], "
+             "price numeric(10, 2), qty int, name text, id int NOT NULL)")
+    pg.query("ALTER TABLE part_moved ATTACH PARTITION part_moved_2 FOR VALUES FROM (1200) TO (MAXVALUE)")
+
+    records = run_and_replay(pg, kafka, "part_src", "part_copy", "cdc_partitioned", 1500)
+    sources = {(json.loads(r.value)["source"]["table"], json.loads(r.value)["source"]["partition"])
+               for r in records if r.value is not None}
+    assert sources == {("part_src", name) for name in
+                       ("part_low", "part_mid", "part_moved_1", "part_moved_2")}
+
+    # a row moved to another partition: a delete and its tombstone, then a create
+    pg.query("DELETE FROM part_src WHERE id IN (150, 250)")
+    pg.query("INSERT INTO part_src (id, name) VALUES (150, 'mover')")
+    pg.query("UPDATE part_src SET id = 250, name = 'moved' WHERE id = 150")
+    pg.wait_until_final("cdc_partitioned")
+    moved = sorted((r for r in consume_all(kafka.bootstrap, "cdc_partitioned")
+                    if r.key in (b'{"id":150}', b'{"id":250}')), key=id_header)
+    events = [(r.key, r.value and json.loads(r.value)["op"],
+               r.value and json.loads(r.value)["source"]["partition"]) for r in moved]
+    assert events[-3:] == [(b'{"id":150}', "d", "part_low"), (b'{"id":150}', None, None),
+                           (b'{"id":250}', "c", "part_mid")]
+
+    pg.query("ALTER TABLE part_src DETACH PARTITION part_mid")
+    pg.query("INSERT INTO part_mid (id, name) VALUES (999, 'detached')")
+    pg.query("INSERT INTO part_src (id, name) VALUES (1, 'attached') ON CONFLICT (id) DO NOTHING")
+    rows = pg.scalar("SELECT count(*) FROM part_src")
+    assert pg.scalar("SELECT kafka_snapshot('part_src')") == rows
+    pg.wait_until_final("cdc_partitioned")
+    after = consume_all(kafka.bootstrap, "cdc_partitioned")
+    assert not [r for r in after if r.key == b'{"id":999}']
+    snapshot = [json.loads(r.value) for r in after if r.value and json.loads(r.value)["op"] == "r"]
+    assert len(snapshot) == rows
+    assert "part_mid" not in {e["source"]["partition"] for e in snapshot}
+
+    pg.query("TRUNCATE part_src")
+    pg.wait_until_final("cdc_partitioned")
+    last = consume_all(kafka.bootstrap, "cdc_partitioned")
+    truncates = [json.loads(r.value) for r in last if r.value and json.loads(r.value)["op"] == "t"]
+    assert [(e["source"]["table"], e["source"].get("partition")) for e in truncates] == \
+        [("part_src", None)]
+
+    pg.query("SELECT kafka_unpublish('part_src')")
+    assert pg.scalar("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                     "WHERE c.relname LIKE 'part_%%' AND t.tgname LIKE 'kafka%%'") == 0
 
 
 def test_snapshot_then_changes(pg, kafka):
