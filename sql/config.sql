@@ -79,3 +79,10 @@ SET LOCAL kafka.wait_on_commit = on;
 SHOW kafka.wait_on_commit;
 COMMIT;
 SHOW kafka.wait_on_commit;
+
+-- the hash salt is a secret: only superusers see it
+CREATE ROLE kafka_salt_reader;
+SET ROLE kafka_salt_reader;
+SHOW kafka.hash_salt;
+RESET ROLE;
+DROP ROLE kafka_salt_reader;

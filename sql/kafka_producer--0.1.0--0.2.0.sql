@@ -243,7 +243,10 @@ ALTER FUNCTION kafka_flush(interval) SECURITY INVOKER;
  */
 DROP VIEW kafka.publications;
 ALTER TABLE kafka.publication ALTER COLUMN relid TYPE regclass,
-	ADD COLUMN key_columns text[], ADD COLUMN columns text[];
+	ADD COLUMN key_columns text[], ADD COLUMN columns text[],
+	ADD COLUMN envelope text NOT NULL DEFAULT 'debezium',
+	ADD COLUMN mask_columns text[], ADD COLUMN hash_columns text[],
+	ADD COLUMN mask_attnums int2[], ADD COLUMN hash_attnums int2[];
 CREATE FUNCTION kafka.column_names(tbl regclass, attnums int2[], names text[],
 								   keep_dropped boolean) RETURNS text[]
 	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
@@ -262,7 +265,7 @@ ALTER TABLE kafka.publication ALTER COLUMN key_columns SET NOT NULL;
 
 CREATE VIEW kafka.publications AS
 	SELECT relid AS "table", topic, format, key_columns, columns, row_filter,
-		   tombstones, time_format
+		   tombstones, time_format, envelope, mask_columns, hash_columns
 	  FROM kafka.publication;
 
 COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
@@ -331,6 +334,8 @@ AS $$
 BEGIN
 	NEW.key_attnums := kafka.attnums(NEW.relid, NEW.key_columns, 'key columns');
 	NEW.column_attnums := kafka.attnums(NEW.relid, NEW.columns, 'columns');
+	NEW.mask_attnums := kafka.attnums(NEW.relid, NEW.mask_columns, 'mask columns');
+	NEW.hash_attnums := kafka.attnums(NEW.relid, NEW.hash_columns, 'hash columns');
 	NEW.row_filter_function := kafka.make_row_filter(NEW.relid, NEW.row_filter);
 	RETURN NEW;
 END
@@ -351,7 +356,9 @@ AS $$
 BEGIN
 	UPDATE kafka.publication p
 	   SET key_columns = kafka.column_names(p.relid, p.key_attnums, p.key_columns, true),
-		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false)
+		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false),
+		   mask_columns = kafka.column_names(p.relid, p.mask_attnums, p.mask_columns, false),
+		   hash_columns = kafka.column_names(p.relid, p.hash_attnums, p.hash_columns, false)
 	  FROM pg_event_trigger_ddl_commands() c
 	 WHERE c.classid = 'pg_class'::regclass AND c.objid = p.relid;
 	UPDATE kafka.publication p
@@ -380,7 +387,9 @@ CREATE EVENT TRIGGER kafka_follow_renamed_columns ON ddl_command_end
 CREATE FUNCTION kafka.publish_as_owner(tbl regclass, topic text, format text,
 									   key_columns text[], columns text[],
 									   snapshot boolean, "where" text,
-									   tombstones boolean, time_format text)
+									   tombstones boolean, time_format text,
+									   envelope text, mask_columns text[],
+									   hash_columns text[])
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
@@ -438,6 +447,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Valid time formats: iso (ISO 8601, timestamptz in UTC), epoch (Debezium''s days and microseconds).';
 	END IF;
+	IF envelope IS NULL OR envelope NOT IN ('debezium', 'row') THEN
+		RAISE EXCEPTION 'unknown envelope "%"', envelope
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid envelopes: debezium (before, after, source, op), row (the row and __op, __table, __source_ts_ms, __deleted).';
+	END IF;
+	IF mask_columns && hash_columns THEN
+		RAISE EXCEPTION 'columns cannot be both masked and hashed: %',
+						array_to_string(ARRAY(SELECT unnest(mask_columns) INTERSECT
+											  SELECT unnest(hash_columns)), ', ')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	topic := coalesce(topic, regexp_replace(rel.nspname || '.' || rel.relname,
 											 '[^a-zA-Z0-9._-]', '_', 'g'));
 	PERFORM kafka.check_topic_name(topic);
@@ -457,15 +477,28 @@ BEGIN
 		RAISE EXCEPTION 'key_columns must name at least one column'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF key_columns && mask_columns THEN
+		RAISE EXCEPTION 'cannot mask key columns: %',
+						array_to_string(ARRAY(SELECT unnest(key_columns) INTERSECT
+											  SELECT unnest(mask_columns)), ', ')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every row would have the same key.',
+				  HINT = 'Hash them instead, with hash_columns.';
+	END IF;
 	/* kafka.bind_publication() numbers the columns and makes the filter */
 	INSERT INTO kafka.publication AS p (relid, topic, format, key_columns, columns,
-										row_filter, tombstones, time_format)
-		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format)
+										row_filter, tombstones, time_format, envelope,
+										mask_columns, hash_columns)
+		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format,
+				envelope, mask_columns, hash_columns)
 		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
 			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
 			key_columns = excluded.key_columns, columns = excluded.columns,
 			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
-			tombstones = excluded.tombstones, time_format = excluded.time_format
+			tombstones = excluded.tombstones, time_format = excluded.time_format,
+			envelope = excluded.envelope, mask_columns = excluded.mask_columns,
+			hash_columns = excluded.hash_columns, mask_attnums = excluded.mask_attnums,
+			hash_attnums = excluded.hash_attnums
 		RETURNING p.row_filter_function INTO filter_function;
 	IF filter_function IS NOT NULL THEN
 		/* checks the condition now rather than at the first change */
@@ -506,23 +539,51 @@ BEGIN
 END
 $$;
 
+/*
+ * kafka_publish gains parameters: the old function is dropped, and the
+ * roles it was granted to are granted the new one.
+ */
+SELECT set_config('kafka_producer.upgrade_publish_grantees',
+				  coalesce(string_agg(DISTINCT a.grantee::regrole::text, ','), ''), true)
+  FROM pg_proc f, aclexplode(f.proacl) a
+ WHERE f.oid = 'kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text)'::regprocedure
+   AND a.grantee <> 0 AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE';
+DROP FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text);
+
 /* Checks that the caller owns tbl, then kafka.publish_as_owner(). */
-CREATE OR REPLACE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
+CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
 							  format text DEFAULT 'json',
 							  key_columns text[] DEFAULT NULL,
 							  columns text[] DEFAULT NULL,
 							  snapshot boolean DEFAULT false,
 							  "where" text DEFAULT NULL,
 							  tombstones boolean DEFAULT true,
-							  time_format text DEFAULT 'iso')
+							  time_format text DEFAULT 'iso',
+							  envelope text DEFAULT 'debezium',
+							  mask_columns text[] DEFAULT NULL,
+							  hash_columns text[] DEFAULT NULL)
 	RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish';
+
+REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) IS
+	'publish a table''s changes to Kafka as Debezium-style events';
+DO $$
+DECLARE
+	grantee text;
+BEGIN
+	FOREACH grantee IN ARRAY string_to_array(current_setting('kafka_producer.upgrade_publish_grantees'), ',')
+	LOOP
+		EXECUTE format('GRANT EXECUTE ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) TO %s', grantee);
+	END LOOP;
+END
+$$;
 
 /* Checks that the caller owns tbl, then kafka.unpublish_as_owner(). */
 CREATE OR REPLACE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_unpublish';
 
-REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION kafka.column_names(regclass, int2[], text[], boolean) FROM PUBLIC;

@@ -545,13 +545,18 @@ CREATE TABLE kafka.publication (
 	tombstones boolean NOT NULL,
 	time_format text NOT NULL,
 	key_columns text[] NOT NULL,
-	columns text[]
+	columns text[],
+	envelope text NOT NULL DEFAULT 'debezium',
+	mask_columns text[],
+	hash_columns text[],
+	mask_attnums int2[],
+	hash_attnums int2[]
 );
 SELECT pg_catalog.pg_extension_config_dump('kafka.publication', '');
 
 CREATE VIEW kafka.publications AS
 	SELECT relid AS "table", topic, format, key_columns, columns, row_filter,
-		   tombstones, time_format
+		   tombstones, time_format, envelope, mask_columns, hash_columns
 	  FROM kafka.publication;
 
 COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with their options';
@@ -670,6 +675,8 @@ AS $$
 BEGIN
 	NEW.key_attnums := kafka.attnums(NEW.relid, NEW.key_columns, 'key columns');
 	NEW.column_attnums := kafka.attnums(NEW.relid, NEW.columns, 'columns');
+	NEW.mask_attnums := kafka.attnums(NEW.relid, NEW.mask_columns, 'mask columns');
+	NEW.hash_attnums := kafka.attnums(NEW.relid, NEW.hash_columns, 'hash columns');
 	NEW.row_filter_function := kafka.make_row_filter(NEW.relid, NEW.row_filter);
 	RETURN NEW;
 END
@@ -690,7 +697,9 @@ AS $$
 BEGIN
 	UPDATE kafka.publication p
 	   SET key_columns = kafka.column_names(p.relid, p.key_attnums, p.key_columns, true),
-		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false)
+		   columns = kafka.column_names(p.relid, p.column_attnums, p.columns, false),
+		   mask_columns = kafka.column_names(p.relid, p.mask_attnums, p.mask_columns, false),
+		   hash_columns = kafka.column_names(p.relid, p.hash_attnums, p.hash_columns, false)
 	  FROM pg_event_trigger_ddl_commands() c
 	 WHERE c.classid = 'pg_class'::regclass AND c.objid = p.relid;
 	UPDATE kafka.publication p
@@ -725,7 +734,9 @@ CREATE FUNCTION kafka.check_topic_name(topic text) RETURNS void
 CREATE FUNCTION kafka.publish_as_owner(tbl regclass, topic text, format text,
 									   key_columns text[], columns text[],
 									   snapshot boolean, "where" text,
-									   tombstones boolean, time_format text)
+									   tombstones boolean, time_format text,
+									   envelope text, mask_columns text[],
+									   hash_columns text[])
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
@@ -783,6 +794,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Valid time formats: iso (ISO 8601, timestamptz in UTC), epoch (Debezium''s days and microseconds).';
 	END IF;
+	IF envelope IS NULL OR envelope NOT IN ('debezium', 'row') THEN
+		RAISE EXCEPTION 'unknown envelope "%"', envelope
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid envelopes: debezium (before, after, source, op), row (the row and __op, __table, __source_ts_ms, __deleted).';
+	END IF;
+	IF mask_columns && hash_columns THEN
+		RAISE EXCEPTION 'columns cannot be both masked and hashed: %',
+						array_to_string(ARRAY(SELECT unnest(mask_columns) INTERSECT
+											  SELECT unnest(hash_columns)), ', ')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	topic := coalesce(topic, regexp_replace(rel.nspname || '.' || rel.relname,
 											 '[^a-zA-Z0-9._-]', '_', 'g'));
 	PERFORM kafka.check_topic_name(topic);
@@ -802,15 +824,28 @@ BEGIN
 		RAISE EXCEPTION 'key_columns must name at least one column'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF key_columns && mask_columns THEN
+		RAISE EXCEPTION 'cannot mask key columns: %',
+						array_to_string(ARRAY(SELECT unnest(key_columns) INTERSECT
+											  SELECT unnest(mask_columns)), ', ')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every row would have the same key.',
+				  HINT = 'Hash them instead, with hash_columns.';
+	END IF;
 	/* kafka.bind_publication() numbers the columns and makes the filter */
 	INSERT INTO kafka.publication AS p (relid, topic, format, key_columns, columns,
-										row_filter, tombstones, time_format)
-		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format)
+										row_filter, tombstones, time_format, envelope,
+										mask_columns, hash_columns)
+		VALUES (tbl, topic, format, key_columns, columns, "where", tombstones, time_format,
+				envelope, mask_columns, hash_columns)
 		ON CONFLICT (relid) DO UPDATE SET topic = excluded.topic, format = excluded.format,
 			key_attnums = excluded.key_attnums, column_attnums = excluded.column_attnums,
 			key_columns = excluded.key_columns, columns = excluded.columns,
 			row_filter = excluded.row_filter, row_filter_function = excluded.row_filter_function,
-			tombstones = excluded.tombstones, time_format = excluded.time_format
+			tombstones = excluded.tombstones, time_format = excluded.time_format,
+			envelope = excluded.envelope, mask_columns = excluded.mask_columns,
+			hash_columns = excluded.hash_columns, mask_attnums = excluded.mask_attnums,
+			hash_attnums = excluded.hash_attnums
 		RETURNING p.row_filter_function INTO filter_function;
 	IF filter_function IS NOT NULL THEN
 		/* checks the condition now rather than at the first change */
@@ -841,11 +876,14 @@ CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
 							  snapshot boolean DEFAULT false,
 							  "where" text DEFAULT NULL,
 							  tombstones boolean DEFAULT true,
-							  time_format text DEFAULT 'iso')
+							  time_format text DEFAULT 'iso',
+							  envelope text DEFAULT 'debezium',
+							  mask_columns text[] DEFAULT NULL,
+							  hash_columns text[] DEFAULT NULL)
 	RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish';
 
-COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) IS
+COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) IS
 	'publish a table''s changes to Kafka as Debezium-style events';
 
 /* The work of kafka_unpublish(), done as the extension's owner. */
@@ -898,13 +936,13 @@ CREATE EVENT TRIGGER kafka_forget_dropped_tables ON sql_drop
 
 REVOKE ALL ON FUNCTION kafka.publish_trigger() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_snapshot(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_publication(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.attnums(regclass, text[], text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.forget_dropped_tables() FROM PUBLIC;
-REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.column_names(regclass, int2[], text[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.drop_row_filter(oid) FROM PUBLIC;

@@ -9,7 +9,7 @@ RETURNS TABLE (n bigint, topic text, key text, value text)
 LANGUAGE sql AS $$
 	SELECT id - since, topic, convert_from(key, 'UTF8'),
 		   regexp_replace(convert_from(value, 'UTF8'),
-						  '"(ts_ms|txId|lsn)":[0-9]+', '"\1":0', 'g')
+						  '"(ts_ms|txId|lsn|__source_ts_ms)":[0-9]+', '"\1":0', 'g')
 	  FROM kafka.pending
 	 WHERE id > since AND topic IN (SELECT topic FROM kafka.publication)
 	 ORDER BY id
@@ -208,6 +208,24 @@ SELECT kafka_publish('avro_bad', format => 'avro', columns => ARRAY['id']);
 SELECT "table", format, columns FROM kafka.publications WHERE "table" = 'avro_bad'::regclass;
 DROP TABLE avro_cdc, avro_bad;
 
+-- flat rows, masked and hashed columns (kafka.hash_salt is 'pepper' in
+-- regress.conf): a hash is SHA-256 of the salt and the value's text
+CREATE TABLE people (id int PRIMARY KEY, email text, ssn text, age int);
+SELECT kafka_publish('people', envelope => 'row', mask_columns => ARRAY['ssn'],
+					 hash_columns => ARRAY['id', 'email']);
+SELECT "table", envelope, mask_columns, hash_columns FROM kafka.publications
+ WHERE "table" = 'people'::regclass;
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO people VALUES (1, 'a@example.com', '123-45-6789', 30), (2, NULL, NULL, 40);
+UPDATE people SET age = 31 WHERE id = 1;
+DELETE FROM people WHERE id = 2;
+TRUNCATE people;
+SELECT * FROM events(:start);
+SELECT encode(sha256(convert_to('pepper' || 'a@example.com', 'UTF8')), 'hex') AS email_hash,
+	   encode(sha256(convert_to('pepper' || '1', 'UTF8')), 'hex') AS id_hash;
+SELECT kafka_unpublish('people');
+DROP TABLE people;
+
 -- unpublish
 SELECT kafka_unpublish('existing');
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'existing'::regclass;
@@ -229,6 +247,11 @@ SELECT kafka_publish('no_key', key_columns => ARRAY['a'], topic => 'bad topic');
 \set VERBOSITY terse
 SELECT kafka_publish('no_key', key_columns => ARRAY['a'], "where" => 'nope > 1');
 \set VERBOSITY default
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], envelope => 'flat');
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], mask_columns => ARRAY['a']);
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], mask_columns => ARRAY['b', 'nope', 'nah']);
+SELECT kafka_publish('no_key', key_columns => ARRAY['a'], mask_columns => ARRAY['b'],
+					 hash_columns => ARRAY['b']);
 SELECT kafka_publish(NULL);
 CREATE VIEW a_view AS SELECT 1 AS id;
 SELECT kafka_publish('a_view');

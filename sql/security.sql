@@ -32,7 +32,7 @@ CREATE ROLE kafka_owner;
 CREATE ROLE kafka_writer;
 GRANT CREATE ON SCHEMA public TO kafka_owner;
 GRANT EXECUTE ON FUNCTION
-	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text),
+	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]),
 	kafka_unpublish(regclass) TO kafka_owner;
 CREATE TABLE not_theirs (id int PRIMARY KEY);
 SET ROLE kafka_owner;
@@ -87,7 +87,7 @@ DROP TABLE not_theirs, spied;
 DROP OPERATOR public.<> (varchar, varchar);
 DROP FUNCTION public.spy_ne(varchar, varchar), public.whoami();
 REVOKE ALL ON FUNCTION
-	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text),
+	kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]),
 	kafka_unpublish(regclass) FROM kafka_owner;
 REVOKE CREATE ON SCHEMA public FROM kafka_owner;
 DROP ROLE kafka_owner, kafka_writer;

@@ -99,7 +99,10 @@ struct KpAvroSchema
 {
 	KpAvroKey	key;			/* hash key */
 	bool		is_record;
-	struct KpAvroSchema *row;	/* an envelope: its before/after record */
+	struct KpAvroSchema *row;	/* an envelope: its before/after record; a
+								 * flat row: the record it extends */
+	bool		flat;			/* the row's fields, then __op, __table,
+								 * __source_ts_ms and __deleted */
 	int			nfields;
 	KpAvroField *fields;		/* a record's columns, by attribute number */
 	Datum	   *values;			/* room for a row's columns */
@@ -341,6 +344,9 @@ append_type_json(StringInfo out, KpAvroType *type, const char *name,
 }
 
 static char *schema_json(KpAvroSchema *schema, const char *name, bool canonical);
+static void append_fields_json(StringInfo out, KpAvroSchema *schema,
+							   const char *name, bool canonical);
+static char *flat_json(KpAvroSchema *flat, const char *name, bool canonical);
 
 /*
  * Debezium's envelope: before and after (the row record, nullable),
@@ -388,6 +394,8 @@ schema_json(KpAvroSchema *schema, const char *name, bool canonical)
 	StringInfoData out;
 
 	initStringInfo(&out);
+	if (schema->flat)
+		return flat_json(schema, name, canonical);
 	if (schema->row != NULL)
 		return envelope_json(schema, name, canonical);
 	if (!schema->is_record)
@@ -396,6 +404,16 @@ schema_json(KpAvroSchema *schema, const char *name, bool canonical)
 		return out.data;
 	}
 	appendStringInfo(&out, "{\"name\":\"%s\",\"type\":\"record\",\"fields\":[", name);
+	append_fields_json(&out, schema, name, canonical);
+	appendStringInfoString(&out, "]}");
+	return out.data;
+}
+
+/* The fields of a record's columns, named within name. */
+static void
+append_fields_json(StringInfo out, KpAvroSchema *schema, const char *name,
+				   bool canonical)
+{
 	for (int i = 0; i < schema->nfields; i++)
 	{
 		KpAvroField *field = &schema->fields[i];
@@ -403,17 +421,36 @@ schema_json(KpAvroSchema *schema, const char *name, bool canonical)
 
 		if (field->name == NULL)
 			continue;
-		appendStringInfo(&out, "%s{\"name\":\"%s\",\"type\":",
-						 out.data[out.len - 1] == '[' ? "" : ",", field->name);
+		appendStringInfo(out, "%s{\"name\":\"%s\",\"type\":",
+						 out->data[out->len - 1] == '[' ? "" : ",", field->name);
 		if (field->nullable)
-			appendStringInfoString(&out, "[\"null\",");
-		append_type_json(&out, &field->type, type_name, canonical);
-		appendStringInfoString(&out, field->nullable ? "]" : "");
+			appendStringInfoString(out, "[\"null\",");
+		append_type_json(out, &field->type, type_name, canonical);
+		appendStringInfoString(out, field->nullable ? "]" : "");
 		if (field->nullable && !canonical)
-			appendStringInfoString(&out, ",\"default\":null");
-		appendStringInfoChar(&out, '}');
+			appendStringInfoString(out, ",\"default\":null");
+		appendStringInfoChar(out, '}');
 	}
-	appendStringInfoString(&out, "]}");
+}
+
+/*
+ * A flat row, as Debezium's ExtractNewRecordState makes of an event: the
+ * columns, then what it adds with add.fields=op,table,source.ts_ms and
+ * delete.handling.mode=rewrite.
+ */
+static char *
+flat_json(KpAvroSchema *flat, const char *name, bool canonical)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	appendStringInfo(&out, "{\"name\":\"%s\",\"type\":\"record\",\"fields\":[", name);
+	append_fields_json(&out, flat->row, name, canonical);
+	appendStringInfo(&out, "%s{\"name\":\"__op\",\"type\":\"string\"},"
+					 "{\"name\":\"__table\",\"type\":\"string\"},"
+					 "{\"name\":\"__source_ts_ms\",\"type\":\"long\"},"
+					 "{\"name\":\"__deleted\",\"type\":\"string\"}]}",
+					 out.data[out.len - 1] == '[' ? "" : ",");
 	return out.data;
 }
 
@@ -1014,16 +1051,18 @@ finish_schema(KpAvroSchema *schema, const char *name)
 }
 
 /*
- * The record of a table's columns marked in include, named
- * <prefix>.<schema>.<table>.<suffix>; freed with CurrentMemoryContext.
+ * The record of the columns of desc, rel's row or one derived from it,
+ * marked in include, named <prefix>.<schema>.<table>.<suffix>; freed with
+ * CurrentMemoryContext.
  * An ERROR names a column whose type has no Avro mapping.
  */
 KpAvroSchema *
-kp_avro_row_schema(Relation rel, const bool *include, const char *suffix)
+kp_avro_row_schema(Relation rel, TupleDesc desc, const bool *include,
+				   const char *suffix)
 {
 	KpAvroSchema *schema = palloc0(sizeof(KpAvroSchema));
 
-	derive_fields(schema, RelationGetDescr(rel), include);
+	derive_fields(schema, desc, include);
 	return finish_schema(schema, psprintf("%s.%s.%s.%s", KP_AVRO_NAMESPACE,
 										  avro_name(get_namespace_name(RelationGetNamespace(rel))),
 										  avro_name(RelationGetRelationName(rel)),
@@ -1039,6 +1078,23 @@ kp_avro_envelope_schema(Relation rel, KpAvroSchema *row)
 	schema->is_record = true;
 	schema->row = row;
 	return finish_schema(schema, psprintf("%s.%s.%s.Envelope", KP_AVRO_NAMESPACE,
+										  avro_name(get_namespace_name(RelationGetNamespace(rel))),
+										  avro_name(RelationGetRelationName(rel))));
+}
+
+/*
+ * A flat row extending row, a kp_avro_row_schema(..., "Value"), named as
+ * that record is, as Debezium's ExtractNewRecordState names it.
+ */
+KpAvroSchema *
+kp_avro_flat_schema(Relation rel, KpAvroSchema *row)
+{
+	KpAvroSchema *schema = palloc0(sizeof(KpAvroSchema));
+
+	schema->is_record = true;
+	schema->row = row;
+	schema->flat = true;
+	return finish_schema(schema, psprintf("%s.%s.%s.Value", KP_AVRO_NAMESPACE,
 										  avro_name(get_namespace_name(RelationGetNamespace(rel))),
 										  avro_name(RelationGetRelationName(rel))));
 }
@@ -1177,4 +1233,26 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 	set_string_member(&envelope->value, ENVELOPE_OP, op_string);
 	set_long_member(&envelope->value, ENVELOPE_TS_MS, source->event_ts_ms);
 	return write_value(envelope, header_len);
+}
+
+/*
+ * A flat row: tuple, the image after the change or, of a delete, before
+ * it, then the change's operation, table, time and whether it deletes.
+ */
+bytea *
+kp_avro_encode_flat(KpAvroSchema *flat, TupleDesc desc, HeapTuple tuple,
+					const KpAvroSource *source, char op, int header_len)
+{
+	char		op_string[2] = {op, '\0'};
+	int			member = 0;
+
+	check_avro(avro_value_reset(&flat->value));
+	set_record_fields(&flat->value, flat->row, desc, tuple);
+	for (int i = 0; i < flat->row->nfields; i++)
+		member += flat->row->fields[i].name != NULL;
+	set_string_member(&flat->value, member, op_string);
+	set_string_member(&flat->value, member + 1, source->table);
+	set_long_member(&flat->value, member + 2, source->ts_ms);
+	set_string_member(&flat->value, member + 3, op == 'd' ? "true" : "false");
+	return write_value(flat, header_len);
 }

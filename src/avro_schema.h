@@ -48,8 +48,9 @@ extern uint64 kp_avro_fingerprint_get(const char *in);
 extern bytea *kp_avro_fingerprint_bytea(uint64 fingerprint);
 
 extern KpAvroSchema *kp_avro_schema(Oid typid, bool is_key);
-extern KpAvroSchema *kp_avro_row_schema(Relation rel, const bool *include,
-										const char *suffix);
+extern KpAvroSchema *kp_avro_row_schema(Relation rel, TupleDesc desc,
+										const bool *include, const char *suffix);
+extern KpAvroSchema *kp_avro_flat_schema(Relation rel, KpAvroSchema *row);
 extern KpAvroSchema *kp_avro_envelope_schema(Relation rel, KpAvroSchema *row);
 extern bytea *kp_avro_encode_row(KpAvroSchema *schema, TupleDesc desc,
 								 HeapTuple tuple, int header_len);
@@ -57,6 +58,9 @@ extern bytea *kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc,
 								   HeapTuple before, HeapTuple after,
 								   const KpAvroSource *source, char op,
 								   int header_len);
+extern bytea *kp_avro_encode_flat(KpAvroSchema *flat, TupleDesc desc,
+								  HeapTuple tuple, const KpAvroSource *source,
+								  char op, int header_len);
 extern bytea *kp_avro_single_object(KpAvroSchema *schema, bytea *encoded,
 									text *topic, bool is_key);
 extern const char *kp_avro_schema_json(KpAvroSchema *schema);

@@ -39,6 +39,7 @@
 /* settings.c: the extension's own kafka.* settings */
 extern int	kp_max_databases;
 extern char *kp_database_header;
+extern char *kp_hash_salt;
 extern uint32 kp_databases_generation;
 extern int	kp_max_attempts;
 extern int	kp_status_retention;
@@ -327,6 +328,7 @@ extern Datum kp_datum_array(Datum *elements, int count, Oid element_type);
 extern char *kp_extension_version(void);
 extern bool kp_extension_ready(void);
 extern bool kp_extension_is_current(const char *version);
+extern void kp_extension_check_current(void);
 
 /* delivery_hold.c */
 extern bool kp_delivery_held(void);

@@ -30,6 +30,8 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/partition.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -64,6 +66,17 @@ PG_FUNCTION_INFO_V1(kafka_snapshot);
 PG_FUNCTION_INFO_V1(kafka_check_publication);
 
 #define KP_SOURCE_VERSION "0.1.0"
+/* what a masked column's value becomes */
+#define KP_MASK_TEXT "****"
+
+/* how a published column's value is sent */
+typedef enum KpTreatment
+{
+	KP_AS_IS,
+	KP_MASKED,					/* as KP_MASK_TEXT */
+	KP_HASHED					/* as SHA-256, in hex, of kafka.hash_salt and
+								 * its text */
+} KpTreatment;
 
 typedef struct KpPublication
 {
@@ -77,6 +90,12 @@ typedef struct KpPublication
 	Oid			filter;			/* the row filter function, or InvalidOid */
 	FmgrInfo	filter_call;	/* its call, its argument typed as the row */
 	TupleDesc	desc;			/* the published table's row type */
+	bool		flat;			/* envelope 'row': the row, not before/after */
+	char	   *table;			/* the JSON-escaped name of the table */
+	KpTreatment *treatment;		/* per attribute */
+	bool		masking;		/* some column is masked or hashed */
+	TupleDesc	encoded_desc;	/* desc, masked and hashed columns as text */
+	FmgrInfo   *output;			/* per hashed attribute: its type's output */
 	TupleConversionMap *to_published;	/* a partition's rows to it; NULL:
 										 * same columns */
 	int			natts;
@@ -151,6 +170,19 @@ relid_and_ancestors(Relation rel)
 										   true, TYPALIGN_INT));
 }
 
+/* Marks the columns numbered in attnums as sent with how. */
+static void
+mark_treatment(KpPublication *pub, Datum attnums, KpTreatment how)
+{
+	int			count;
+	AttrNumber *numbers = attnums_of(attnums, &count);
+
+	for (int i = 0; i < count; i++)
+		if (numbers[i] >= 1 && numbers[i] <= pub->natts)
+			pub->treatment[numbers[i] - 1] = how;
+	pub->masking |= count > 0;
+}
+
 /*
  * Reads the options of rel's publication, or of its nearest published
  * ancestor's: topic, keys, columns, ...
@@ -167,12 +199,15 @@ load_options(KpPublication *pub, Relation rel)
 	Relation	published;
 	KpSavedUser saved;
 
+	/* kafka.publication's columns are this version's */
+	kp_extension_check_current();
 	/* whoever changed the table, with or without rights on kafka.* */
 	kp_begin_as_owner(&saved);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
-							  "  time_format, row_filter_function, format = 'avro', relid "
+							  "  time_format, row_filter_function, format = 'avro', relid, "
+							  "  envelope = 'row', mask_attnums, hash_attnums "
 							  "FROM kafka.publication WHERE relid = ANY ($1) "
 							  "ORDER BY array_position($1, relid::oid) LIMIT 1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
@@ -213,6 +248,16 @@ load_options(KpPublication *pub, Relation rel)
 	if (isnull)
 		pub->filter = InvalidOid;
 	pub->avro = DatumGetBool(SPI_getbinval(row, desc, 7, &isnull));
+	pub->flat = DatumGetBool(SPI_getbinval(row, desc, 9, &isnull));
+	pub->treatment = palloc0(pub->natts * sizeof(KpTreatment));
+	pub->masking = false;
+	for (int column = 10; column <= 11; column++)
+	{
+		Datum		attnums = SPI_getbinval(row, desc, column, &isnull);
+
+		if (!isnull)
+			mark_treatment(pub, attnums, column == 10 ? KP_MASKED : KP_HASHED);
+	}
 	SPI_finish();
 	kp_end_as_owner(&saved);
 }
@@ -226,13 +271,14 @@ static void
 prepare_avro(KpPublication *pub, Relation rel)
 {
 	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+	KpAvroSchema *row;
 
 	for (int k = 0; k < pub->nkeys; k++)
 		is_key[pub->keys[k] - 1] = true;
-	pub->avro_key = kp_avro_row_schema(rel, is_key, "Key");
-	pub->avro_value = kp_avro_envelope_schema(rel,
-											  kp_avro_row_schema(rel, pub->published,
-																 "Value"));
+	pub->avro_key = kp_avro_row_schema(rel, pub->encoded_desc, is_key, "Key");
+	row = kp_avro_row_schema(rel, pub->encoded_desc, pub->published, "Value");
+	pub->avro_value = pub->flat ? kp_avro_flat_schema(rel, row) :
+		kp_avro_envelope_schema(rel, row);
 	pub->avro_source.version = KP_SOURCE_VERSION;
 	pub->avro_source.name = get_database_name(MyDatabaseId);
 	pub->avro_source.db = pub->avro_source.name;
@@ -263,6 +309,36 @@ check_filter(Oid filter, Relation rel)
 }
 
 /*
+ * The row type events are encoded with: the published table's, but for
+ * masked and hashed columns, which are text; and the output functions of
+ * the hashed columns' types.
+ */
+static void
+prepare_treatments(KpPublication *pub)
+{
+	pub->encoded_desc = pub->desc;
+	if (!pub->masking)
+		return;
+	pub->encoded_desc = CreateTupleDescCopy(pub->desc);
+	pub->output = palloc0(pub->natts * sizeof(FmgrInfo));
+	for (int i = 0; i < pub->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(pub->encoded_desc, i);
+		Oid			output;
+		bool		varlena;
+
+		if (pub->treatment[i] == KP_AS_IS || attr->attisdropped)
+			continue;
+		getTypeOutputInfo(attr->atttypid, &output, &varlena);
+		fmgr_info_cxt(output, &pub->output[i], pub->context);
+		TupleDescInitEntry(pub->encoded_desc, i + 1, NameStr(attr->attname),
+						   TEXTOID, -1, 0);
+		TupleDescAttr(pub->encoded_desc, i)->attnotnull =
+			TupleDescAttr(pub->desc, i)->attnotnull;
+	}
+}
+
+/*
  * The column encoders, names and "source" constants for the columns of
  * rel, the published table, and how the changed table's rows become its.
  */
@@ -276,6 +352,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 	pub->desc = CreateTupleDescCopy(desc);
 	pub->to_published = rel == changed ? NULL :
 		convert_tuples_by_name(RelationGetDescr(changed), desc);
+	prepare_treatments(pub);
 
 	pub->columns = palloc0(pub->natts * sizeof(KpJsonColumn));
 	pub->names = palloc0(pub->natts * sizeof(char *));
@@ -290,7 +367,9 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 			pub->published[i] = false;
 			continue;
 		}
-		kp_json_column_init(&pub->columns[i], attr->atttypid, pub->context);
+		kp_json_column_init(&pub->columns[i],
+							TupleDescAttr(pub->encoded_desc, i)->atttypid,
+							pub->context);
 		pub->names[i] = json_string(NameStr(attr->attname));
 	}
 	for (int k = 0; k < pub->nkeys; k++)
@@ -314,6 +393,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 		appendStringInfo(&source, ",\"partition\":%s",
 						 json_string(get_rel_name(pub->relid)));
 	pub->source = source.data;
+	pub->table = json_string(RelationGetRelationName(rel));
 	if (pub->avro)
 		prepare_avro(pub, rel);
 	if (OidIsValid(pub->filter))
@@ -469,12 +549,42 @@ append_member_int(StringInfo out, const char *name, int64 value)
 	appendBinaryStringInfo(out, digits, pg_lltoa(value, digits));
 }
 
+/*
+ * The row after the change or, of a delete, before it, with the members
+ * Debezium's ExtractNewRecordState adds with add.fields=op,table,source.ts_ms
+ * and delete.handling.mode=rewrite.
+ */
+static bytea *
+json_flat_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
+				HeapTuple after, char op)
+{
+	StringInfoData out;
+
+	init_bytes(&out);
+	append_row(&out, pub, desc, after ? after : before);
+	/* the row's members, then ours */
+	out.len--;
+	if (out.data[out.len - 1] != '{')
+		appendStringInfoChar(&out, ',');
+	appendStringInfoString(&out, "\"__op\":\"");
+	appendStringInfoChar(&out, op);
+	appendStringInfoString(&out, "\",\"__table\":");
+	appendStringInfoString(&out, pub->table);
+	append_member_int(&out, ",\"__source_ts_ms\":",
+					  epoch_ms(GetCurrentStatementStartTimestamp()));
+	appendStringInfoString(&out, op == 'd' ? ",\"__deleted\":\"true\"}" :
+						   ",\"__deleted\":\"false\"}");
+	return finish_bytes(&out);
+}
+
 static bytea *
 json_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 		   HeapTuple after, char op)
 {
 	StringInfoData out;
 
+	if (pub->flat)
+		return json_flat_value(pub, desc, before, after, op);
 	init_bytes(&out);
 	appendStringInfoString(&out, "{\"before\":");
 	append_row(&out, pub, desc, before);
@@ -519,6 +629,10 @@ event_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	source->lsn = (int64) GetXLogInsertRecPtr();
 	source->event_ts_ms = epoch_ms(GetCurrentTimestamp());
 	return kp_avro_single_object(pub->avro_value,
+								 pub->flat ?
+								 kp_avro_encode_flat(pub->avro_value, desc,
+													 after ? after : before, source,
+													 op, KP_SINGLE_OBJECT_HEADER) :
 								 kp_avro_encode_event(pub->avro_value, desc, before,
 													  after, source, op,
 													  KP_SINGLE_OBJECT_HEADER),
@@ -538,12 +652,57 @@ enqueue_event(KpPublication *pub, bytea *key, bytea *value)
 	kp_enqueue_buffered(&msg);
 }
 
+/* SHA-256, in hex, of kafka.hash_salt and the text of value. */
+static Datum
+hashed(KpPublication *pub, int attribute, Datum value)
+{
+	char	   *text = OutputFunctionCall(&pub->output[attribute], value);
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+
+	if (ctx == NULL ||
+		pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) kp_hash_salt, strlen(kp_hash_salt)) < 0 ||
+		pg_cryptohash_update(ctx, (uint8 *) text, strlen(text)) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute a SHA-256 hash: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	hex[hex_encode((char *) digest, sizeof(digest), hex)] = '\0';
+	return CStringGetTextDatum(hex);
+}
+
+/* tuple with its masked and hashed columns replaced, of pub->encoded_desc */
+static HeapTuple
+masked(KpPublication *pub, HeapTuple tuple)
+{
+	if (tuple == NULL)
+		return NULL;
+	heap_deform_tuple(tuple, pub->desc, pub->values, pub->nulls);
+	for (int i = 0; i < pub->natts; i++)
+	{
+		if (pub->treatment[i] == KP_AS_IS || pub->nulls[i])
+			continue;
+		pub->values[i] = pub->treatment[i] == KP_MASKED ?
+			CStringGetTextDatum(KP_MASK_TEXT) : hashed(pub, i, pub->values[i]);
+	}
+	return heap_form_tuple(pub->encoded_desc, pub->values, pub->nulls);
+}
+
 /* An event for one row; a delete is followed by a tombstone if wanted. */
 static void
 publish_row(KpPublication *pub, TupleDesc desc, HeapTuple before,
 			HeapTuple after, char op)
 {
-	bytea	   *key = event_key(pub, desc, after ? after : before);
+	bytea	   *key;
+
+	if (pub->masking)
+	{
+		before = masked(pub, before);
+		after = masked(pub, after);
+		desc = pub->encoded_desc;
+	}
+	key = event_key(pub, desc, after ? after : before);
 
 	enqueue_event(pub, key, event_value(pub, desc, before, after, op));
 	if (op == 'd' && pub->tombstones)
@@ -617,9 +776,12 @@ publish_one(KpPublication *pub, HeapTuple before, HeapTuple after, char op)
 		publish_row(pub, pub->desc, before, after, op);
 }
 
+/* A truncate has no row: a flat publication leaves it out. */
 static void
 publish_truncate(KpPublication *pub, TupleDesc desc)
 {
+	if (pub->flat)
+		return;
 	enqueue_event(pub, NULL, event_value(pub, desc, NULL, NULL, 't'));
 }
 
@@ -669,9 +831,24 @@ kafka_check_publication(PG_FUNCTION_ARGS)
 {
 	Relation	rel = table_open(PG_GETARG_OID(0), AccessShareLock);
 
+	KpPublication *pub;
+
+	/* a database at an older version is checked at its first change after the update */
+	if (!kp_extension_is_current(kp_extension_version()))
+	{
+		table_close(rel, AccessShareLock);
+		PG_RETURN_VOID();
+	}
 	if (publications != NULL)
 		invalidate_publication((Datum) 0, RelationGetRelid(rel));
-	(void) publication_for(rel);
+	pub = publication_for(rel);
+	for (int i = 0; i < pub->natts; i++)
+		if (pub->treatment[i] == KP_HASHED && kp_hash_salt[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("kafka.hash_salt must be set to hash columns"),
+					 errdetail("Without a salt, a hash of a short value is found by hashing every candidate."),
+					 errhint("Set kafka.hash_salt to a long random secret in postgresql.conf and reload.")));
 	table_close(rel, AccessShareLock);
 	PG_RETURN_VOID();
 }

@@ -81,7 +81,8 @@ Datum
 kafka_publish(PG_FUNCTION_ARGS)
 {
 	Oid			argtypes[] = {REGCLASSOID, TEXTOID, TEXTOID, TEXTARRAYOID,
-	TEXTARRAYOID, BOOLOID, TEXTOID, BOOLOID, TEXTOID};
+		TEXTARRAYOID, BOOLOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+	TEXTARRAYOID};
 
 	Assert(PG_NARGS() == lengthof(argtypes));
 	if (PG_ARGISNULL(0))
@@ -89,7 +90,7 @@ kafka_publish(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("table must not be null")));
 	check_table_owner(PG_GETARG_OID(0));
-	run_as_owner("SELECT kafka.publish_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+	run_as_owner("SELECT kafka.publish_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
 				 fcinfo, argtypes);
 	PG_RETURN_VOID();
 }

@@ -20,6 +20,7 @@ static char *kp_databases = NULL;
 static char *kp_database = NULL;
 int			kp_max_databases = 8;
 char	   *kp_database_header = NULL;
+char	   *kp_hash_salt = NULL;
 /* grows whenever kafka.databases or kafka.database is assigned */
 uint32		kp_databases_generation = 0;
 int			kp_max_attempts = 10;
@@ -76,6 +77,11 @@ kp_settings_init(void)
 							&kp_shutdown_timeout_ms, kp_shutdown_timeout_ms,
 							0, 600000, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("kafka.hash_salt",
+							   "Salt prefixed to the values of published columns named in hash_columns before they are hashed.",
+							   "Shown only to superusers.  Changing it changes every hash from then on.",
+							   &kp_hash_salt, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("kafka.id_header",
 							   "Name of the record header that carries each message's id (empty = none).",
 							   "Consumers dedupe by it, and a restarted worker finds by it what Kafka already holds before sending again.",

@@ -86,6 +86,25 @@ has_columns(Relation rel, const char *const *columns, int count)
 }
 
 /*
+ * ERROR if this database's extension is older than the library, which does
+ * not know its tables' shape.
+ */
+void
+kp_extension_check_current(void)
+{
+	char	   *version = kp_extension_version();
+
+	if (version != NULL && !kp_extension_is_current(version))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"%s\" must be updated to version %s",
+						KP_EXTENSION_NAME, KP_EXTENSION_VERSION),
+				 errdetail("This database has version %s of its SQL objects; the server runs version %s of its library.",
+						   version, KP_EXTENSION_VERSION),
+				 errhint("Run ALTER EXTENSION %s UPDATE.", KP_EXTENSION_NAME)));
+}
+
+/*
  * Opens kafka.<name>, checking that its columns are columns[0 .. count -
  * 1], the shape the library writes: they are not in a database whose
  * extension is older than the library.
@@ -95,19 +114,10 @@ kp_table_open(const char *name, const char *const *columns, int count,
 			  LOCKMODE lockmode)
 {
 	Relation	rel = table_open(kp_relation_oid(name), lockmode);
-	char	   *version;
 
 	if (has_columns(rel, columns, count))
 		return rel;
-	version = kp_extension_version();
-	if (version != NULL && !kp_extension_is_current(version))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"%s\" must be updated to version %s",
-						KP_EXTENSION_NAME, KP_EXTENSION_VERSION),
-				 errdetail("This database has version %s of its SQL objects; the server runs version %s of its library.",
-						   version, KP_EXTENSION_VERSION),
-				 errhint("Run ALTER EXTENSION %s UPDATE.", KP_EXTENSION_NAME)));
+	kp_extension_check_current();
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("relation \"%s.%s\" of extension \"%s\" was altered",

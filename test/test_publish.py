@@ -2,13 +2,16 @@
 are read back with kafka-python and replayed into a copy of the table,
 which must then equal the source."""
 
+import hashlib
 import json
 import random
 import threading
 
 import psycopg2
+import pytest
 
-from harness import consume_all, replay_events
+from harness import consume_all, replay_events, wait_until
+from test_avro import decode as decode_avro
 from workload import id_header
 
 SOURCE = """CREATE TABLE replay_src (
@@ -204,3 +207,47 @@ def test_snapshot_then_changes(pg, kafka):
                                lambda r: json.loads(r.value))
     assert ops == {"r": 500, "u": 500 // 3, "d": 500 // 7}
     assert {id_: row["v"] for id_, row in state.items()} == dict(pg.query("SELECT id, v FROM snap_src"))
+
+
+def test_flat_masked_hashed_events(pg, kafka, settings):
+    """envelope => 'row' sends the row alone with __op, __table,
+    __source_ts_ms and __deleted (a delete: the row before it, then its
+    tombstone); masked columns arrive as ****, hashed ones (key included)
+    as SHA-256 of kafka.hash_salt and their text, NULL as NULL; in Avro
+    too, as strings.  Hashing without a salt is refused."""
+    pg.query("CREATE TABLE flat_src (id int PRIMARY KEY, email text, ssn text, qty int)")
+    with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState,
+                       match="kafka.hash_salt must be set"):
+        pg.query("SELECT kafka_publish('flat_src', hash_columns => ARRAY['email'])")
+    settings(hash_salt="pepper")
+    wait_until(lambda: pg.scalar("SHOW kafka.hash_salt") == "pepper", 10, what="the reload")
+
+    def sha(value):
+        return hashlib.sha256(("pepper" + value).encode()).hexdigest()
+
+    def expected(id_, email, qty, op):
+        return {"id": sha(str(id_)), "email": email and sha(email), "ssn": "****" if id_ == 1 else None,
+                "qty": qty, "__op": op, "__table": "flat_src", "__deleted": str(op == "d").lower()}
+
+    for fmt in ("json", "avro"):
+        topic = f"cdc_flat_{fmt}"
+        pg.query("SELECT kafka_publish('flat_src', topic => %s, format => %s, envelope => 'row', "
+                 "mask_columns => ARRAY['ssn'], hash_columns => ARRAY['id', 'email'])", (topic, fmt))
+        pg.query("INSERT INTO flat_src VALUES (1, 'a@example.com', '123-45-6789', 5), (2, NULL, NULL, 7)")
+        pg.query("UPDATE flat_src SET qty = 6 WHERE id = 1")
+        pg.query("DELETE FROM flat_src WHERE id = 2")
+        pg.query("TRUNCATE flat_src")
+        pg.wait_until_final(topic)
+        records = sorted(consume_all(kafka.bootstrap, topic), key=id_header)
+        if fmt == "json":
+            values = [r.value and json.loads(r.value) for r in records]
+            keys = [json.loads(r.key) for r in records]
+        else:
+            values = [r.value and decode_avro(pg, r.value, f"{topic}-value") for r in records]
+            keys = [decode_avro(pg, r.key, f"{topic}-key") for r in records]
+        for value in values:
+            if value:
+                assert value.pop("__source_ts_ms") > 0
+        assert values == [expected(1, "a@example.com", 5, "c"), expected(2, None, 7, "c"),
+                          expected(1, "a@example.com", 6, "u"), expected(2, None, 7, "d"), None]
+        assert keys == [{"id": sha(str(i))} for i in (1, 2, 1, 2, 2)]

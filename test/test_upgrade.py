@@ -59,6 +59,9 @@ def test_update_from_0_1_0_keeps_and_delivers_everything(old_pg, kafka):
              "  'Local_MsgTimedOut', 'Local: Message timed out', now(), now())")
     pg.query("CREATE TABLE upgrade_orders (id int PRIMARY KEY, state text)")
     pg.query("SELECT kafka_publish('upgrade_orders', \"where\" => $$state <> 'draft'$$)")
+    pg.query("CREATE ROLE upgrade_publisher")
+    pg.query("GRANT EXECUTE ON FUNCTION kafka_publish(regclass, text, text, text[], text[], "
+             "boolean, text, boolean, text) TO upgrade_publisher")
     before = statuses(pg, "upgrade")
     pg.query("INSERT INTO kafka.outbox (id, topic, key, value, enqueued_at) "
              "SELECT nextval('kafka.message_id_seq'), 'upgrade', (i % 5)::text::bytea, "
@@ -81,6 +84,12 @@ def test_update_from_0_1_0_keeps_and_delivers_everything(old_pg, kafka):
             [(True, ["search_path=pg_catalog, pg_temp"], True, True)]
         # the publication names its columns, for pg_dump
         assert pg.query("SELECT key_columns, columns FROM kafka.publication") == [(["id"], None)]
+        # kafka_publish gained parameters, and kept its grants
+        assert pg.scalar("SELECT has_function_privilege('upgrade_publisher', "
+                         "'kafka_publish(regclass, text, text, text[], text[], boolean, text, "
+                         "boolean, text, text, text[], text[])', 'EXECUTE')")
+        pg.query("REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], "
+                 "boolean, text, boolean, text, text, text[], text[]) FROM upgrade_publisher")
         # what was enqueued before has no role: only pg_monitor members see it
         assert pg.scalar("SELECT count(*) FROM kafka.messages WHERE enqueued_by IS NULL "
                          "AND topic = 'upgrade'") == len(before) + pending
