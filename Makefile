@@ -30,6 +30,7 @@ OBJS = \
 	src/send_avro.o \
 	src/change_json.o \
 	src/publish.o \
+	src/snapshot.o \
 	src/schema_registry.o
 
 DATA = $(wildcard sql/kafka_producer--*.sql)

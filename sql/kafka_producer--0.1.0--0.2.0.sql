@@ -516,7 +516,7 @@ BEGIN
 				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
 	PERFORM kafka.check_publication(tbl);
 	IF snapshot THEN
-		PERFORM @extschema@.kafka_snapshot(tbl);
+		PERFORM kafka.start_snapshot(tbl, NULL);
 	END IF;
 END
 $$;
@@ -535,20 +535,150 @@ BEGIN
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
+	PERFORM kafka.cancel_snapshots(tbl);
 	PERFORM kafka.drop_row_filter(tbl);
 END
 $$;
 
 /*
- * kafka_publish gains parameters: the old function is dropped, and the
- * roles it was granted to are granted the new one.
+ * kafka_publish and kafka_snapshot gain parameters: the old functions are
+ * dropped, and the roles they were granted to are granted the new ones.
+ * These two helpers live only while this script runs.
  */
+CREATE FUNCTION kafka.execute_grantees(fn regprocedure) RETURNS text
+	LANGUAGE sql STRICT
+AS $$
+	SELECT coalesce(array_agg(DISTINCT a.grantee::regrole::text), '{}')::text
+	  FROM pg_proc f, aclexplode(f.proacl) a
+	 WHERE f.oid = fn AND a.grantee <> 0 AND a.grantee <> f.proowner
+	   AND a.privilege_type = 'EXECUTE'
+$$;
+CREATE FUNCTION kafka.grant_execute(fn regprocedure, grantees text) RETURNS void
+	LANGUAGE plpgsql STRICT
+AS $$
+DECLARE
+	grantee text;
+BEGIN
+	FOREACH grantee IN ARRAY grantees::text[]
+	LOOP
+		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', fn, grantee);
+	END LOOP;
+END
+$$;
 SELECT set_config('kafka_producer.upgrade_publish_grantees',
-				  coalesce(string_agg(DISTINCT a.grantee::regrole::text, ','), ''), true)
-  FROM pg_proc f, aclexplode(f.proacl) a
- WHERE f.oid = 'kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text)'::regprocedure
-   AND a.grantee <> 0 AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE';
+				  kafka.execute_grantees('kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text)'), true),
+	   set_config('kafka_producer.upgrade_snapshot_grantees',
+				  kafka.execute_grantees('kafka_snapshot(regclass)'), true);
 DROP FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text);
+DROP FUNCTION kafka_snapshot(regclass);
+
+/*
+ * Snapshots of published tables, which the worker reads in the background
+ * a chunk at a time in primary key order, each chunk in a transaction of
+ * its own that holds its rows FOR SHARE until its events have their ids: a
+ * writer waits for one chunk at most, and a row's snapshot event never
+ * follows a change of the row it does not show.  last_key is the key of
+ * the last row read: a restarted worker goes on after it.
+ */
+CREATE TABLE kafka.snapshot (
+	id bigserial PRIMARY KEY,
+	relid regclass NOT NULL,
+	condition text,
+	key_columns text[] NOT NULL,
+	key_types text[] NOT NULL,
+	last_key text[],
+	rows_done bigint NOT NULL DEFAULT 0,
+	started_at timestamptz NOT NULL DEFAULT now(),
+	finished_at timestamptz,
+	canceled_at timestamptz,
+	error text
+);
+
+CREATE VIEW kafka.snapshots AS
+	SELECT id, relid AS "table", condition AS "where", rows_done, started_at,
+		   coalesce(finished_at, canceled_at) AS finished_at,
+		   CASE WHEN error IS NOT NULL THEN 'failed'
+				WHEN canceled_at IS NOT NULL THEN 'canceled'
+				WHEN finished_at IS NOT NULL THEN 'done'
+				ELSE 'running' END AS status,
+		   error
+	  FROM kafka.snapshot;
+
+COMMENT ON VIEW kafka.snapshots IS 'snapshots of published tables, running and past';
+
+/* Every row of a table without a primary key, in one transaction. */
+CREATE FUNCTION kafka.snapshot_now(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot_now';
+
+/*
+ * The work of kafka_snapshot(), done as the extension's owner once the
+ * caller's ownership of tbl and its condition are checked: a snapshot for
+ * the worker, or, of a table without a primary key, one made now.
+ */
+CREATE FUNCTION kafka.start_snapshot(tbl regclass, "where" text) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	keys text[];
+	types text[];
+	started bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM kafka.publication p WHERE p.relid = tbl) THEN
+		RAISE EXCEPTION 'table % is not published', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Publish it with kafka_publish() first.';
+	END IF;
+	SELECT array_agg(a.attname::text ORDER BY k.n),
+		   array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n)
+	  INTO keys, types
+	  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
+	 WHERE i.indrelid = tbl AND i.indisprimary
+	   AND a.attrelid = tbl AND a.attnum = k.attnum;
+	IF keys IS NOT NULL THEN
+		INSERT INTO kafka.snapshot (relid, condition, key_columns, key_types)
+			VALUES (tbl, "where", keys, types) RETURNING id INTO started;
+		RETURN started;
+	END IF;
+	IF "where" IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot snapshot some rows of table %, which has no primary key', tbl
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Snapshots are read in chunks by primary key.',
+				  HINT = 'Add a primary key, or snapshot the whole table.';
+	END IF;
+	INSERT INTO kafka.snapshot (relid, key_columns, key_types, rows_done, finished_at)
+		VALUES (tbl, '{}', '{}', kafka.snapshot_now(tbl), now()) RETURNING id INTO started;
+	RETURN started;
+END
+$$;
+
+/* Enqueues the rows of a published table as "r" events, in the background. */
+CREATE FUNCTION kafka_snapshot(tbl regclass, "where" text DEFAULT NULL) RETURNS bigint
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
+
+COMMENT ON FUNCTION kafka_snapshot(regclass, text) IS
+	'snapshot the rows of a published table as "r" events, in the background; returns the snapshot''s id in kafka.snapshots';
+
+/* The work of kafka_snapshot_cancel(), done as the extension's owner. */
+CREATE FUNCTION kafka.cancel_snapshots(tbl regclass) RETURNS bigint
+	LANGUAGE sql STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH canceled AS (
+		UPDATE kafka.snapshot SET canceled_at = now()
+		 WHERE relid = tbl AND finished_at IS NULL AND canceled_at IS NULL
+		RETURNING id)
+	SELECT count(*) FROM canceled
+$$;
+
+CREATE FUNCTION kafka_snapshot_cancel(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot_cancel';
+
+COMMENT ON FUNCTION kafka_snapshot_cancel(regclass) IS
+	'cancel the running snapshots of a table; returns how many';
+
+SELECT kafka.grant_execute('kafka_snapshot(regclass, text)',
+						   current_setting('kafka_producer.upgrade_snapshot_grantees'));
 
 /* Checks that the caller owns tbl, then kafka.publish_as_owner(). */
 CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
@@ -568,16 +698,10 @@ CREATE FUNCTION kafka_publish(tbl regclass, topic text DEFAULT NULL,
 REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 COMMENT ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) IS
 	'publish a table''s changes to Kafka as Debezium-style events';
-DO $$
-DECLARE
-	grantee text;
-BEGIN
-	FOREACH grantee IN ARRAY string_to_array(current_setting('kafka_producer.upgrade_publish_grantees'), ',')
-	LOOP
-		EXECUTE format('GRANT EXECUTE ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) TO %s', grantee);
-	END LOOP;
-END
-$$;
+SELECT kafka.grant_execute('kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[])',
+						   current_setting('kafka_producer.upgrade_publish_grantees'));
+DROP FUNCTION kafka.execute_grantees(regprocedure);
+DROP FUNCTION kafka.grant_execute(regprocedure, text);
 
 /* Checks that the caller owns tbl, then kafka.unpublish_as_owner(). */
 CREATE OR REPLACE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
@@ -585,6 +709,11 @@ CREATE OR REPLACE FUNCTION kafka_unpublish(tbl regclass) RETURNS void
 
 REVOKE ALL ON FUNCTION kafka.publish_as_owner(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.unpublish_as_owner(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot_cancel(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.snapshot_now(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.start_snapshot(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.cancel_snapshots(regclass) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION kafka.column_names(regclass, int2[], text[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.drop_row_filter(oid) FROM PUBLIC;
@@ -613,6 +742,7 @@ BEGIN
 		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
 	LOOP
 		DELETE FROM kafka.publication WHERE relid = dropped;
+		DELETE FROM kafka.snapshot WHERE relid = dropped;
 		PERFORM kafka.drop_row_filter(dropped);
 	END LOOP;
 END

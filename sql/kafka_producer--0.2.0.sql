@@ -564,12 +564,110 @@ COMMENT ON VIEW kafka.publications IS 'tables whose changes are published, with 
 CREATE FUNCTION kafka.publish_trigger() RETURNS trigger
 	LANGUAGE C AS 'MODULE_PATHNAME', 'kafka_publish_trigger';
 
-/* Every row of a published table, or of its partitions, as an "r" (read) event. */
-CREATE FUNCTION kafka_snapshot(tbl regclass) RETURNS bigint
-	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
+/*
+ * Snapshots of published tables, which the worker reads in the background
+ * a chunk at a time in primary key order, each chunk in a transaction of
+ * its own that holds its rows FOR SHARE until its events have their ids: a
+ * writer waits for one chunk at most, and a row's snapshot event never
+ * follows a change of the row it does not show.  last_key is the key of
+ * the last row read: a restarted worker goes on after it.
+ */
+CREATE TABLE kafka.snapshot (
+	id bigserial PRIMARY KEY,
+	relid regclass NOT NULL,
+	condition text,
+	key_columns text[] NOT NULL,
+	key_types text[] NOT NULL,
+	last_key text[],
+	rows_done bigint NOT NULL DEFAULT 0,
+	started_at timestamptz NOT NULL DEFAULT now(),
+	finished_at timestamptz,
+	canceled_at timestamptz,
+	error text
+);
 
-COMMENT ON FUNCTION kafka_snapshot(regclass) IS
-	'enqueue every row of a published table as a snapshot (op "r") event';
+CREATE VIEW kafka.snapshots AS
+	SELECT id, relid AS "table", condition AS "where", rows_done, started_at,
+		   coalesce(finished_at, canceled_at) AS finished_at,
+		   CASE WHEN error IS NOT NULL THEN 'failed'
+				WHEN canceled_at IS NOT NULL THEN 'canceled'
+				WHEN finished_at IS NOT NULL THEN 'done'
+				ELSE 'running' END AS status,
+		   error
+	  FROM kafka.snapshot;
+
+COMMENT ON VIEW kafka.snapshots IS 'snapshots of published tables, running and past';
+
+/* Every row of a table without a primary key, in one transaction. */
+CREATE FUNCTION kafka.snapshot_now(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot_now';
+
+/*
+ * The work of kafka_snapshot(), done as the extension's owner once the
+ * caller's ownership of tbl and its condition are checked: a snapshot for
+ * the worker, or, of a table without a primary key, one made now.
+ */
+CREATE FUNCTION kafka.start_snapshot(tbl regclass, "where" text) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	keys text[];
+	types text[];
+	started bigint;
+BEGIN
+	IF NOT EXISTS (SELECT FROM kafka.publication p WHERE p.relid = tbl) THEN
+		RAISE EXCEPTION 'table % is not published', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Publish it with kafka_publish() first.';
+	END IF;
+	SELECT array_agg(a.attname::text ORDER BY k.n),
+		   array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n)
+	  INTO keys, types
+	  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
+	 WHERE i.indrelid = tbl AND i.indisprimary
+	   AND a.attrelid = tbl AND a.attnum = k.attnum;
+	IF keys IS NOT NULL THEN
+		INSERT INTO kafka.snapshot (relid, condition, key_columns, key_types)
+			VALUES (tbl, "where", keys, types) RETURNING id INTO started;
+		RETURN started;
+	END IF;
+	IF "where" IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot snapshot some rows of table %, which has no primary key', tbl
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Snapshots are read in chunks by primary key.',
+				  HINT = 'Add a primary key, or snapshot the whole table.';
+	END IF;
+	INSERT INTO kafka.snapshot (relid, key_columns, key_types, rows_done, finished_at)
+		VALUES (tbl, '{}', '{}', kafka.snapshot_now(tbl), now()) RETURNING id INTO started;
+	RETURN started;
+END
+$$;
+
+/* Enqueues the rows of a published table as "r" events, in the background. */
+CREATE FUNCTION kafka_snapshot(tbl regclass, "where" text DEFAULT NULL) RETURNS bigint
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot';
+
+COMMENT ON FUNCTION kafka_snapshot(regclass, text) IS
+	'snapshot the rows of a published table as "r" events, in the background; returns the snapshot''s id in kafka.snapshots';
+
+/* The work of kafka_snapshot_cancel(), done as the extension's owner. */
+CREATE FUNCTION kafka.cancel_snapshots(tbl regclass) RETURNS bigint
+	LANGUAGE sql STRICT
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH canceled AS (
+		UPDATE kafka.snapshot SET canceled_at = now()
+		 WHERE relid = tbl AND finished_at IS NULL AND canceled_at IS NULL
+		RETURNING id)
+	SELECT count(*) FROM canceled
+$$;
+
+CREATE FUNCTION kafka_snapshot_cancel(tbl regclass) RETURNS bigint
+	LANGUAGE C STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_snapshot_cancel';
+
+COMMENT ON FUNCTION kafka_snapshot_cancel(regclass) IS
+	'cancel the running snapshots of a table; returns how many';
 
 /* The attribute numbers of names in tbl, or an ERROR naming the unknown ones. */
 CREATE FUNCTION kafka.attnums(tbl regclass, names text[], what text) RETURNS int2[]
@@ -863,7 +961,7 @@ BEGIN
 				   'FOR EACH STATEMENT EXECUTE FUNCTION kafka.publish_trigger()', tbl);
 	PERFORM kafka.check_publication(tbl);
 	IF snapshot THEN
-		PERFORM @extschema@.kafka_snapshot(tbl);
+		PERFORM kafka.start_snapshot(tbl, NULL);
 	END IF;
 END
 $$;
@@ -900,6 +998,7 @@ BEGIN
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_truncate ON %s', tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS kafka_publish_flush ON %s', tbl);
+	PERFORM kafka.cancel_snapshots(tbl);
 	PERFORM kafka.drop_row_filter(tbl);
 END
 $$;
@@ -927,6 +1026,7 @@ BEGIN
 		 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
 	LOOP
 		DELETE FROM kafka.publication WHERE relid = dropped;
+		DELETE FROM kafka.snapshot WHERE relid = dropped;
 		PERFORM kafka.drop_row_filter(dropped);
 	END LOOP;
 END
@@ -935,7 +1035,11 @@ CREATE EVENT TRIGGER kafka_forget_dropped_tables ON sql_drop
 	EXECUTE FUNCTION kafka.forget_dropped_tables();
 
 REVOKE ALL ON FUNCTION kafka.publish_trigger() FROM PUBLIC;
-REVOKE ALL ON FUNCTION kafka_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_snapshot_cancel(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.snapshot_now(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.start_snapshot(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.cancel_snapshots(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_publish(regclass, text, text, text[], text[], boolean, text, boolean, text, text, text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_unpublish(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_topic_name(text) FROM PUBLIC;

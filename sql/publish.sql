@@ -15,6 +15,17 @@ LANGUAGE sql AS $$
 	 ORDER BY id
 $$;
 
+-- waits until the worker has read every running snapshot
+CREATE FUNCTION wait_for_snapshots() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	FOR i IN 1..1200 LOOP
+		EXIT WHEN NOT EXISTS (SELECT FROM kafka.snapshots WHERE status = 'running');
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+
 SELECT create_every_type();
 ALTER TABLE every_type ADD COLUMN matrix int[], ADD COLUMN big text, ADD COLUMN "Mixed ""Case""" int;
 SELECT kafka_publish('every_type');
@@ -94,8 +105,22 @@ CREATE TABLE existing (id int PRIMARY KEY, v text);
 INSERT INTO existing VALUES (1, 'a'), (2, 'b');
 SELECT last_value AS start FROM kafka.message_id_seq \gset
 SELECT kafka_publish('existing', snapshot => true);
+SELECT wait_for_snapshots();
 SELECT n, key, value FROM events(:start);
-SELECT kafka_snapshot('existing');
+-- a backfill of some rows; a table without a primary key is read at once
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+SELECT kafka_snapshot('existing', "where" => $$v > 'a'$$) > 0 AS started;
+SELECT wait_for_snapshots();
+SELECT n, key, value FROM events(:start);
+SELECT kafka_snapshot('existing', "where" => 'nope > 1');
+CREATE TABLE keyless (a int, b text);
+INSERT INTO keyless VALUES (1, 'x');
+SELECT kafka_publish('keyless', key_columns => ARRAY['a'], snapshot => true);
+SELECT kafka_snapshot('keyless', "where" => 'a > 0');
+SELECT "table", "where", rows_done, finished_at IS NOT NULL AS finished, status
+  FROM kafka.snapshots ORDER BY id;
+SELECT kafka_unpublish('keyless');
+DROP TABLE keyless;
 
 -- subtransactions: the events of a rolled-back one are dropped, the rest kept
 SELECT last_value AS start FROM kafka.message_id_seq \gset
@@ -285,3 +310,4 @@ DROP TABLE every_type, orders, existing, no_key, "odd ""name""", a_temp;
 DROP VIEW a_view;
 DROP MATERIALIZED VIEW a_matview;
 DROP FUNCTION events(bigint);
+DROP FUNCTION wait_for_snapshots();

@@ -86,6 +86,14 @@ typedef enum KpCounter
 
 #define KP_LAST_ERROR_LEN 256
 
+/* counters that grow at each commit of a change the worker must act on */
+typedef enum KpGeneration
+{
+	KP_GENERATION_TOPIC_CONFIG, /* kafka.topic_config changed */
+	KP_GENERATION_SNAPSHOT,		/* a snapshot was started */
+	KP_NUM_GENERATIONS
+} KpGeneration;
+
 typedef struct KpSharedState
 {
 	slock_t		mutex;
@@ -95,9 +103,7 @@ typedef struct KpSharedState
 									 * scan position */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
-	pg_atomic_uint64 topic_config_generation;	/* grows at each commit
-												 * that changed
-												 * kafka.topic_config */
+	pg_atomic_uint64 generations[KP_NUM_GENERATIONS];
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
 	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */
 	TimestampTz last_error_at;	/* protected by mutex */
@@ -133,8 +139,8 @@ extern void kp_shmem_request_rescan(int64 first_id);
 extern struct LWLock *kp_shmem_id_block_lock(void);
 extern void kp_shmem_wake_worker(void);
 extern pid_t kp_shmem_worker_pid(void);
-extern void kp_shmem_topic_config_changed(void);
-extern uint64 kp_shmem_topic_config_generation(void);
+extern void kp_shmem_generation_advance(KpGeneration generation);
+extern uint64 kp_shmem_generation(KpGeneration generation);
 extern void kp_shmem_worker_attach(int index);
 extern void kp_shmem_worker_found_no_extension(void);
 extern int64 kp_shmem_take_rescan_from(void);
@@ -329,6 +335,14 @@ extern char *kp_extension_version(void);
 extern bool kp_extension_ready(void);
 extern bool kp_extension_is_current(const char *version);
 extern void kp_extension_check_current(void);
+
+/* publish.c: change events */
+extern bool kp_publish_snapshot_row(Relation rel, struct HeapTupleData *row);
+
+/* snapshot.c: snapshots read in the background, a chunk at a time */
+extern void kp_snapshot_announce_at_commit(void);
+extern bool kp_snapshot_run_chunk(void);
+extern void kp_snapshot_fail_running(const char *error);
 
 /* delivery_hold.c */
 extern bool kp_delivery_held(void);

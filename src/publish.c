@@ -62,7 +62,7 @@
 #include "kafka_producer.h"
 
 PG_FUNCTION_INFO_V1(kafka_publish_trigger);
-PG_FUNCTION_INFO_V1(kafka_snapshot);
+PG_FUNCTION_INFO_V1(kafka_snapshot_now);
 PG_FUNCTION_INFO_V1(kafka_check_publication);
 
 #define KP_SOURCE_VERSION "0.1.0"
@@ -349,7 +349,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 	StringInfoData source;
 	MemoryContext old = MemoryContextSwitchTo(pub->context);
 
-	pub->desc = CreateTupleDescCopy(desc);
+	pub->desc = CreateTupleDescCopyConstr(desc);
 	pub->to_published = rel == changed ? NULL :
 		convert_tuples_by_name(RelationGetDescr(changed), desc);
 	prepare_treatments(pub);
@@ -877,16 +877,33 @@ snapshot_table(Relation rel, Snapshot snapshot)
 }
 
 /*
- * kafka_snapshot(tbl regclass) returns the number of rows enqueued
+ * A row of the published table, read by a snapshot in rel (the table, or
+ * the partition it is in), as an "r" event if it passes the row filter.
+ * Returns whether it did.
+ */
+bool
+kp_publish_snapshot_row(Relation rel, HeapTuple row)
+{
+	KpPublication *pub = publication_for(rel);
+
+	if (!passes_filter(pub, pub->desc, row))
+		return false;
+	publish_row(pub, pub->desc, NULL, row, 'r');
+	return true;
+}
+
+/*
+ * kafka.snapshot_now(tbl regclass) returns the number of rows enqueued
  *
- * Every row of a published table, or of each partition of a partitioned
- * one, as an "r" event.  The tables are locked against writers until the
+ * Every row of a published table without a primary key, or of each
+ * partition of a partitioned one, as an "r" event, in the caller's
+ * transaction.  The tables are locked against writers until the
  * transaction ends, then read with a snapshot taken after the locks: a
  * change committed before is in the snapshot, one made after waits for the
  * lock and comes after the snapshot's events.
  */
 Datum
-kafka_snapshot(PG_FUNCTION_ARGS)
+kafka_snapshot_now(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	Relation	rel;

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * publish_admin.c
- *	  kafka_publish() and kafka_unpublish(): who may publish which table.
+ *	  kafka_publish(), kafka_unpublish(), kafka_snapshot() and
+ *	  kafka_snapshot_cancel(): who may publish which table.
  *
  *	  Publishing is a change to a table, as ALTER TABLE is: its owner (or a
  *	  member of the owning role, or a superuser) may do it, given EXECUTE
@@ -22,6 +23,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
@@ -29,6 +31,8 @@
 
 PG_FUNCTION_INFO_V1(kafka_publish);
 PG_FUNCTION_INFO_V1(kafka_unpublish);
+PG_FUNCTION_INFO_V1(kafka_snapshot);
+PG_FUNCTION_INFO_V1(kafka_snapshot_cancel);
 
 /* ERROR unless the current user may alter table relid. */
 static void
@@ -47,11 +51,13 @@ check_table_owner(Oid relid)
 
 /*
  * Runs query with fcinfo's arguments, of types argtypes, as the owner of
- * kafka.*.
+ * kafka.*; returns the bigint it returns, or 0.
  */
-static void
+static int64
 run_as_owner(const char *query, FunctionCallInfo fcinfo, Oid *argtypes)
 {
+	int64		result = 0;
+	bool		isnull;
 	int			nargs = PG_NARGS();
 	Datum		values[FUNC_MAX_ARGS];
 	char		nulls[FUNC_MAX_ARGS];
@@ -68,8 +74,13 @@ run_as_owner(const char *query, FunctionCallInfo fcinfo, Oid *argtypes)
 	if (SPI_execute_with_args(query, nargs, argtypes, values, nulls, false, 0) !=
 		SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", query);
+	if (SPI_tuptable->tupdesc->natts == 1 &&
+		TupleDescAttr(SPI_tuptable->tupdesc, 0)->atttypid == INT8OID)
+		result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	kp_end_as_owner(&saved);
+	return result;
 }
 
 /*
@@ -92,6 +103,8 @@ kafka_publish(PG_FUNCTION_ARGS)
 	check_table_owner(PG_GETARG_OID(0));
 	run_as_owner("SELECT kafka.publish_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
 				 fcinfo, argtypes);
+	if (!PG_ARGISNULL(5) && PG_GETARG_BOOL(5))
+		kp_snapshot_announce_at_commit();
 	PG_RETURN_VOID();
 }
 
@@ -104,4 +117,57 @@ kafka_unpublish(PG_FUNCTION_ARGS)
 	check_table_owner(PG_GETARG_OID(0));
 	run_as_owner("SELECT kafka.unpublish_as_owner($1)", fcinfo, argtypes);
 	PG_RETURN_VOID();
+}
+
+/*
+ * Checks condition, a row filter for tbl, as its caller (who owns tbl):
+ * the worker runs it later as the table's owner.
+ */
+static void
+check_condition(Oid relid, text *condition)
+{
+	char	   *query = psprintf("SELECT FROM %s WHERE (%s) LIMIT 0",
+								 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+															get_rel_name(relid)),
+								 text_to_cstring(condition));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the condition of a snapshot");
+	SPI_finish();
+}
+
+/*
+ * kafka_snapshot(tbl regclass, "where" text) returns the snapshot's id in
+ * kafka.snapshots: the worker reads the rows in the background once the
+ * transaction commits.
+ */
+Datum
+kafka_snapshot(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[] = {REGCLASSOID, TEXTOID};
+	int64		id;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table must not be null")));
+	check_table_owner(PG_GETARG_OID(0));
+	if (!PG_ARGISNULL(1))
+		check_condition(PG_GETARG_OID(0), PG_GETARG_TEXT_PP(1));
+	id = run_as_owner("SELECT kafka.start_snapshot($1, $2)", fcinfo, argtypes);
+	kp_snapshot_announce_at_commit();
+	PG_RETURN_INT64(id);
+}
+
+/* kafka_snapshot_cancel(tbl regclass) returns how many it canceled */
+Datum
+kafka_snapshot_cancel(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[] = {REGCLASSOID};
+
+	check_table_owner(PG_GETARG_OID(0));
+	PG_RETURN_INT64(run_as_owner("SELECT kafka.cancel_snapshots($1)", fcinfo,
+								 argtypes));
 }

@@ -149,7 +149,8 @@ init_slot(KpDatabaseSlot *slot)
 	SpinLockInit(&state->mutex);
 	pg_atomic_init_u64(&state->rescan_from, PG_UINT64_MAX);
 	pg_atomic_init_u64(&state->outcome_generation, 0);
-	pg_atomic_init_u64(&state->topic_config_generation, 0);
+	for (int i = 0; i < KP_NUM_GENERATIONS; i++)
+		pg_atomic_init_u64(&state->generations[i], 0);
 	for (int i = 0; i < KP_NUM_COUNTERS; i++)
 		pg_atomic_init_u64(&state->counters[i], 0);
 	ConditionVariableInit(&state->outcomes_recorded);
@@ -520,20 +521,23 @@ kp_shmem_wake_worker(void)
 		kp_shmem_request_worker();
 }
 
-/* Called at commit of a change to kafka.topic_config. */
+/*
+ * Called at commit of a change the worker must act on; never raises an
+ * ERROR.
+ */
 void
-kp_shmem_topic_config_changed(void)
+kp_shmem_generation_advance(KpGeneration generation)
 {
 	if (!find_my_slot(false))
 		return;
-	pg_atomic_fetch_add_u64(&kp_shared->topic_config_generation, 1);
+	pg_atomic_fetch_add_u64(&kp_shared->generations[generation], 1);
 	kp_shmem_wake_worker();
 }
 
 uint64
-kp_shmem_topic_config_generation(void)
+kp_shmem_generation(KpGeneration generation)
 {
-	return pg_atomic_read_u64(&state()->topic_config_generation);
+	return pg_atomic_read_u64(&state()->generations[generation]);
 }
 
 /* the running worker's pid, 0 while none runs */

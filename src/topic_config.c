@@ -209,7 +209,7 @@ topic_config_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			kp_shmem_topic_config_changed();
+			kp_shmem_generation_advance(KP_GENERATION_TOPIC_CONFIG);
 			changed_in_transaction = false;
 			break;
 		case XACT_EVENT_ABORT:
@@ -333,7 +333,7 @@ kp_topic_config_load(void)
 	HASHCTL		ctl;
 	StringInfoData fingerprint;
 
-	loaded_generation = kp_shmem_topic_config_generation();
+	loaded_generation = kp_shmem_generation(KP_GENERATION_TOPIC_CONFIG);
 	if (config_context == NULL)
 		config_context = AllocSetContextCreate(TopMemoryContext,
 											   "kafka_producer topic settings",
@@ -372,7 +372,7 @@ kp_topic_config_load(void)
 bool
 kp_topic_config_changed(void)
 {
-	return kp_shmem_topic_config_generation() != loaded_generation;
+	return kp_shmem_generation(KP_GENERATION_TOPIC_CONFIG) != loaded_generation;
 }
 
 /* A string that changes whenever a per-topic setting changes. */

@@ -67,6 +67,9 @@ static TimestampTz last_prune = 0;
 static char *producer_fingerprint = NULL;
 static WaitEventSet *wait_set = NULL;
 static char *database_name = NULL;	/* in TopMemoryContext */
+static char *step_error = NULL;	/* the last failed step's message */
+static uint64 snapshot_generation = 0;
+static bool snapshot_running = true;	/* a snapshot may need a chunk read */
 
 static void
 begin_transaction(const char *activity)
@@ -106,8 +109,14 @@ run_guarded(void (*step) (void *arg), void *arg)
 	}
 	PG_CATCH();
 	{
+		ErrorData  *error;
+
 		MemoryContextSwitchTo(context);
 		EmitErrorReport();
+		error = CopyErrorData();
+		if (step_error != NULL)
+			pfree(step_error);
+		step_error = MemoryContextStrdup(TopMemoryContext, error->message);
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -482,6 +491,48 @@ send_pending(void)
 	return round.last != round.from && !queue_full;
 }
 
+/* *arg: whether a snapshot is running and may have more to read */
+static void
+snapshot_step(void *arg)
+{
+	bool	   *running = arg;
+
+	begin_transaction("reading a chunk of a published table's snapshot");
+	*running = kp_snapshot_run_chunk();
+	end_transaction();
+}
+
+static void
+snapshot_failed_step(void *arg)
+{
+	begin_transaction("recording a snapshot's failure");
+	kp_snapshot_fail_running(step_error ? step_error : "unknown error");
+	end_transaction();
+}
+
+/*
+ * Reads a chunk of the oldest running snapshot, while there is room in
+ * flight for its events: sending what is committed comes first.  A chunk
+ * that fails fails its snapshot, so that the next ones can run.  Returns
+ * whether more may be waiting.
+ */
+static bool
+read_snapshot_chunk(void)
+{
+	uint64		generation = kp_shmem_generation(KP_GENERATION_SNAPSHOT);
+
+	if (generation != snapshot_generation)
+	{
+		snapshot_generation = generation;
+		snapshot_running = true;
+	}
+	if (!snapshot_running || kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT / 2)
+		return false;
+	if (!run_guarded(snapshot_step, &snapshot_running))
+		snapshot_running = run_guarded(snapshot_failed_step, NULL);
+	return snapshot_running;
+}
+
 /*
  * Waits up to timeout_ms for librdkafka to report on every message in
  * flight, recording the outcomes as they come.
@@ -625,6 +676,7 @@ deliver(MemoryContext loop_context)
 		if (kp_registry_in_flight())
 			run_guarded(poll_registry_step, NULL);
 		more = send_pending();
+		more |= read_snapshot_chunk();
 		if (!more)
 			wait_for_events(Min(kp_registry_in_flight() ? KP_REGISTRY_POLL_MS : KP_IDLE_WAIT_MS,
 								kp_sync_ms_until_record()));

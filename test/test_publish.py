@@ -6,11 +6,14 @@ import hashlib
 import json
 import random
 import threading
+import time
+from collections import defaultdict
 
 import psycopg2
 import pytest
 
 from harness import consume_all, replay_events, wait_until
+from test_faults import all_brokers
 from test_avro import decode as decode_avro
 from workload import id_header
 
@@ -174,7 +177,8 @@ def test_partitioned_table(pg, kafka):
     pg.query("INSERT INTO part_mid (id, name) VALUES (999, 'detached')")
     pg.query("INSERT INTO part_src (id, name) VALUES (1, 'attached') ON CONFLICT (id) DO NOTHING")
     rows = pg.scalar("SELECT count(*) FROM part_src")
-    assert pg.scalar("SELECT kafka_snapshot('part_src')") == rows
+    pg.query("SELECT kafka_snapshot('part_src')")
+    assert wait_for_snapshot(pg, "part_src") == rows
     pg.wait_until_final("cdc_partitioned")
     after = consume_all(kafka.bootstrap, "cdc_partitioned")
     assert not [r for r in after if r.key == b'{"id":999}']
@@ -194,12 +198,24 @@ def test_partitioned_table(pg, kafka):
                      "WHERE c.relname LIKE 'part_%%' AND t.tgname LIKE 'kafka%%'") == 0
 
 
+def wait_for_snapshot(pg, table, timeout=300):
+    """Waits until the table's last snapshot is done; returns its rows."""
+    def done():
+        status, rows = pg.query("SELECT status, rows_done FROM kafka.snapshots "
+                                "WHERE \"table\" = %s::regclass ORDER BY id DESC LIMIT 1",
+                                (table,))[0]
+        assert status in ("running", "done"), status
+        return status == "done" and (rows,)
+    return wait_until(done, timeout, what=f"the snapshot of {table}")[0]
+
+
 def test_snapshot_then_changes(pg, kafka):
     """kafka_publish(snapshot => true) on a table with rows: every row as an
     "r" event, then the changes, and the replay equals the source."""
     pg.query("CREATE TABLE snap_src (id int PRIMARY KEY, v text)")
     pg.query("INSERT INTO snap_src SELECT i, 'v' || i FROM generate_series(1, 500) i")
     pg.query("SELECT kafka_publish('snap_src', topic => 'cdc_snapshot', snapshot => true)")
+    wait_for_snapshot(pg, "snap_src")
     pg.query("UPDATE snap_src SET v = v || '!' WHERE id % 3 = 0")
     pg.query("DELETE FROM snap_src WHERE id % 7 = 0")
     pg.wait_until_final("cdc_snapshot")
@@ -251,3 +267,113 @@ def test_flat_masked_hashed_events(pg, kafka, settings):
         assert values == [expected(1, "a@example.com", 5, "c"), expected(2, None, 7, "c"),
                           expected(1, "a@example.com", 6, "u"), expected(2, None, 7, "d"), None]
         assert keys == [{"id": sha(str(i))} for i in (1, 2, 1, 2, 2)]
+
+
+def snapshot_writer(pg, table, seed, stop, counts):
+    """Updates, deletes and inserts random rows of table until stop is set."""
+    rng = random.Random(seed)
+    conn = pg.connect(autocommit=True)
+    cur = conn.cursor()
+    while not stop.is_set():
+        id_ = rng.randint(1, counts["rows"] + 1000)
+        choice = rng.random()
+        start = time.monotonic()
+        if choice < 0.7:
+            cur.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (id_,))
+        elif choice < 0.85:
+            cur.execute(f"DELETE FROM {table} WHERE id = %s", (id_,))
+        else:
+            cur.execute(f"INSERT INTO {table} VALUES (%s, 0) ON CONFLICT (id) DO NOTHING", (id_,))
+        counts["latencies"].append(time.monotonic() - start)
+    conn.close()
+
+
+def snapshot_replay(pg, kafka, table, topic):
+    """Replays the topic in id order; every row's snapshot event comes once
+    at most, and the replay equals the table."""
+    state, snapshots = {}, defaultdict(int)
+    for r in sorted(consume_all(kafka.bootstrap, topic), key=id_header):
+        if r.value is None:
+            continue
+        event = json.loads(r.value)
+        row = event["after"] or event["before"]
+        if event["op"] == "d":
+            state.pop(row["id"], None)
+        else:
+            state[row["id"]] = row["v"]
+        snapshots[row["id"]] += event["op"] == "r"
+    assert max(snapshots.values()) == 1
+    assert state == dict(pg.query(f"SELECT id, v FROM {table}"))
+    return sum(snapshots.values())
+
+
+def test_snapshot_in_chunks_while_writers_run(pg, kafka):
+    """kafka_snapshot() of 30,000 rows while 4 sessions update, delete and
+    insert random rows: the worker reads it a chunk at a time, writers are
+    never held for the whole snapshot, each row's snapshot event comes at
+    most once and never over a newer change, and the replay equals the
+    table."""
+    table, topic = "snap_live", "cdc_snap_live"
+    pg.query(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
+    pg.query(f"INSERT INTO {table} SELECT i, 0 FROM generate_series(1, 30000) i")
+    pg.query(f"SELECT kafka_publish('{table}', topic => '{topic}')")
+    stop = threading.Event()
+    counts = {"rows": 30000, "latencies": []}
+    writers = [threading.Thread(target=snapshot_writer, args=(pg, table, seed, stop, counts))
+               for seed in range(4)]
+    for w in writers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        pg.query(f"SELECT kafka_snapshot('{table}')")
+        rows = wait_for_snapshot(pg, table)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    pg.wait_until_final(topic, timeout=300)
+    snapshotted = snapshot_replay(pg, kafka, table, topic)
+    print(f"\nsnapshot of {rows} rows under {len(counts['latencies'])} concurrent changes: "
+          f"{snapshotted} snapshot events, slowest write {max(counts['latencies']) * 1000:.0f} ms")
+    assert snapshotted == rows
+
+
+def test_snapshot_resumes_after_a_restart(pg, kafka):
+    """A snapshot cut by a server restart goes on after its last chunk: each
+    row is read once, and the replay equals the table.  With every broker
+    down it pauses once 15,000 of its events are in flight, which is where
+    the restart cuts it.  Canceling stops one; a chunk that fails fails its
+    snapshot without stopping the next."""
+    table, topic, rows = "snap_restart", "cdc_snap_restart", 40000
+    pg.query(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
+    pg.query(f"INSERT INTO {table} SELECT i, 0 FROM generate_series(1, {rows}) i")
+    pg.query(f"SELECT kafka_publish('{table}', topic => '{topic}')")
+    all_brokers(kafka, "down")
+    try:
+        pg.query(f"SELECT kafka_snapshot('{table}')")
+        wait_until(lambda: pg.scalar("SELECT rows_done FROM kafka.snapshots "
+                                     "WHERE \"table\" = %s::regclass", (table,)) >= 15000, 60,
+                   what="the snapshot to pause with 15,000 events in flight")
+        pg.stop()
+        pg.start()
+        done_before = pg.scalar("SELECT rows_done FROM kafka.snapshots "
+                                "WHERE \"table\" = %s::regclass", (table,))
+        assert done_before < rows
+    finally:
+        all_brokers(kafka, "up")
+    assert wait_for_snapshot(pg, table) == rows
+    assert pg.wait_until_final(topic, timeout=300) == {"delivered": rows}
+    assert snapshot_replay(pg, kafka, table, topic) == rows
+    print(f"\nsnapshot cut at {done_before} rows by a restart, resumed to {rows}")
+
+    pg.query(f"SELECT kafka_snapshot('{table}', \"where\" => 'id > 0')")
+    assert pg.scalar(f"SELECT kafka_snapshot_cancel('{table}')") == 1
+    assert pg.query("SELECT status FROM kafka.snapshots WHERE \"table\" = %s::regclass "
+                    "ORDER BY id DESC LIMIT 1", (table,)) == [("canceled",)]
+
+    pg.query(f"SELECT kafka_snapshot('{table}', \"where\" => 'v / (id - 20000) > -1')")
+    pg.query(f"SELECT kafka_snapshot('{table}', \"where\" => 'id <= 10')")
+    assert wait_for_snapshot(pg, table) == 10
+    assert pg.query("SELECT status, error FROM kafka.snapshots WHERE \"table\" = %s::regclass "
+                    "ORDER BY id DESC LIMIT 1 OFFSET 1", (table,)) == [("failed", "division by zero")]
