@@ -812,6 +812,89 @@ CREATE EVENT TRIGGER kafka_follow_renamed_columns ON ddl_command_end
 	WHEN TAG IN ('ALTER TABLE')
 	EXECUTE FUNCTION kafka.follow_renamed_columns();
 
+/*
+ * The event of a change of tbl's shape, for the database's schema-changes
+ * topic, as Debezium's schema change events are: the DDL text, and the
+ * table's columns and primary key after it.
+ */
+CREATE FUNCTION kafka.schema_change_event(tbl regclass, ddl text) RETURNS jsonb
+	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object(
+		'source', jsonb_build_object('version', '0.1.0', 'connector', 'postgresql',
+									 'name', current_database(), 'db', current_database(),
+									 'schema', n.nspname, 'table', c.relname,
+									 'ts_ms', (extract(epoch FROM statement_timestamp()) * 1000)::bigint),
+		'ts_ms', (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+		'databaseName', current_database(),
+		'schemaName', n.nspname,
+		'ddl', ddl,
+		'tableChanges', jsonb_build_array(jsonb_build_object(
+			'type', 'ALTER',
+			'id', format('%I.%I.%I', current_database(), n.nspname, c.relname),
+			'table', jsonb_build_object(
+				'primaryKeyColumnNames',
+				coalesce((SELECT jsonb_agg(a.attname ORDER BY k.n)
+							FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n),
+								 pg_attribute a
+						   WHERE i.indrelid = tbl AND i.indisprimary
+							 AND a.attrelid = tbl AND a.attnum = k.attnum), '[]'),
+				'columns',
+				(SELECT jsonb_agg(jsonb_build_object(
+							'name', a.attname,
+							'typeName', format_type(a.atttypid, NULL),
+							'typeExpression', format_type(a.atttypid, a.atttypmod),
+							'position', a.position,
+							'optional', NOT a.attnotnull,
+							'hasDefaultValue', a.atthasdef,
+							'generated', a.attgenerated <> '') ORDER BY a.position)
+				   FROM (SELECT *, row_number() OVER (ORDER BY attnum) AS position
+						   FROM pg_attribute
+						  WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped) a)))))
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = tbl
+$$;
+
+/*
+ * After ALTER TABLE of a published table, an event on the database's
+ * schema-changes topic (kafka.schema_changes_topic), enqueued in the
+ * altering transaction: it comes after the data events of the writers
+ * before it and before those after it, which wait for its lock.
+ */
+CREATE FUNCTION kafka.publish_schema_changes() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+DECLARE
+	topic text := replace(current_setting('kafka.schema_changes_topic'), '%d',
+						  regexp_replace(current_database(), '[^a-zA-Z0-9._-]', '_', 'g'));
+	altered regclass;
+BEGIN
+	IF topic = '' THEN
+		RETURN;
+	END IF;
+	FOR altered IN
+		SELECT DISTINCT p.relid FROM pg_event_trigger_ddl_commands() c
+		  JOIN kafka.publication p ON p.relid = c.objid
+		 WHERE c.classid = 'pg_class'::regclass
+	LOOP
+		PERFORM @extschema@.kafka_send(topic, kafka.schema_change_event(altered, current_query()),
+									   key => jsonb_build_object('databaseName', current_database()));
+		PERFORM kafka.check_schema_change(altered);
+	END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER kafka_publish_schema_changes ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION kafka.publish_schema_changes();
+
+/*
+ * WARNING if the schema registry would refuse the new Avro schemas of an
+ * Avro publication: better now than as failed messages later.
+ */
+CREATE FUNCTION kafka.check_schema_change(tbl regclass) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_schema_change';
+
 /* Prepares a publication's encoders, to report now what would fail later. */
 CREATE FUNCTION kafka.check_publication(tbl regclass) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'kafka_check_publication';
@@ -1053,6 +1136,9 @@ REVOKE ALL ON FUNCTION kafka.drop_row_filter(oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.make_row_filter(regclass, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.bind_publication() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.follow_renamed_columns() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.publish_schema_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.schema_change_event(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.check_schema_change(regclass) FROM PUBLIC;
 
 /*
  * Per partition, the highest offset at which the worker has recorded a

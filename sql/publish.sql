@@ -251,6 +251,21 @@ SELECT encode(sha256(convert_to('pepper' || 'a@example.com', 'UTF8')), 'hex') AS
 SELECT kafka_unpublish('people');
 DROP TABLE people;
 
+-- a change of a published table's columns: an event on the database's
+-- schema-changes topic, with the DDL and the columns after it
+CREATE TABLE reshaped (id int PRIMARY KEY, v text);
+SELECT kafka_publish('reshaped');
+ALTER TABLE reshaped ADD COLUMN w int NOT NULL DEFAULT 0;
+SELECT topic, convert_from(key, 'UTF8') AS key,
+	   convert_from(value, 'UTF8')::jsonb->>'ddl' AS ddl,
+	   jsonb_path_query_array(convert_from(value, 'UTF8')::jsonb,
+							  '$.tableChanges[0].table.columns[*].typeExpression') AS types
+  FROM kafka.pending
+ WHERE topic = 'contrib_regression.schema_changes'
+   AND convert_from(value, 'UTF8')::jsonb->'source'->>'table' = 'reshaped';
+SELECT kafka_unpublish('reshaped');
+DROP TABLE reshaped;
+
 -- unpublish
 SELECT kafka_unpublish('existing');
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'existing'::regclass;

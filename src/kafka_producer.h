@@ -207,6 +207,8 @@ extern void kp_schema_registry_init(void);
 extern bool kp_registry_enabled(void);
 extern bool kp_registry_in_flight(void);
 extern bool kp_registry_poll(void);
+extern bool kp_registry_compatible(const char *subject, const char *schema,
+								   char **why);
 extern KpRegistryResult kp_registry_frame(const char *topic, bool is_key,
 										  const char **data, size_t *len,
 										  const char **refusal);

@@ -64,6 +64,7 @@
 PG_FUNCTION_INFO_V1(kafka_publish_trigger);
 PG_FUNCTION_INFO_V1(kafka_snapshot_now);
 PG_FUNCTION_INFO_V1(kafka_check_publication);
+PG_FUNCTION_INFO_V1(kafka_check_schema_change);
 
 #define KP_SOURCE_VERSION "0.1.0"
 /* what a masked column's value becomes */
@@ -874,6 +875,48 @@ snapshot_table(Relation rel, Snapshot snapshot)
 	}
 	table_endscan(scan);
 	return count;
+}
+
+/* WARNING unless the registry would take schema under topic's subject. */
+static void
+check_registry(text *topic, bool is_key, KpAvroSchema *schema)
+{
+	char		subject[KP_SUBJECT_MAX];
+	char	   *why;
+
+	kp_avro_subject(subject, text_to_cstring(topic), is_key);
+	if (!kp_registry_compatible(subject, kp_avro_schema_json(schema), &why))
+		ereport(WARNING,
+				(errmsg("the schema registry would refuse the new schema of subject \"%s\"",
+						subject),
+				 errdetail("The registry says: %s", why),
+				 errhint("Change the table back, or the subject's compatibility level, before the table's next change: its events would fail.")));
+}
+
+/*
+ * kafka.check_schema_change(tbl regclass), after ALTER TABLE of a published
+ * table: with a schema registry, asks it whether it would take the Avro
+ * schemas of the table's events as they now are.
+ */
+Datum
+kafka_check_schema_change(PG_FUNCTION_ARGS)
+{
+	Relation	rel = table_open(PG_GETARG_OID(0), AccessShareLock);
+	KpPublication *pub;
+
+	if (kp_registry_enabled())
+	{
+		if (publications != NULL)
+			invalidate_publication((Datum) 0, RelationGetRelid(rel));
+		pub = publication_for(rel);
+		if (pub->avro)
+		{
+			check_registry(pub->topic, true, pub->avro_key);
+			check_registry(pub->topic, false, pub->avro_value);
+		}
+	}
+	table_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
 }
 
 /*

@@ -286,30 +286,12 @@ stored_schema(const KpSchemaKey *key)
 }
 
 /*
- * Starts POST /subjects/<subject>/versions {"schema": schema} for key; the
- * answer is taken by kp_registry_poll().
+ * Sets handle up for a POST of r's request to url, its answer into r's,
+ * with the registry's credentials.  r's memory must outlive the request.
  */
 static void
-start_registration(const KpSchemaKey *key, const char *schema)
+prepare_post(CURL *handle, const char *url, KpRegistration *r)
 {
-	CURL	   *handle = registry_handle();
-	MemoryContext outer = MemoryContextSwitchTo(registration_context);
-	char	   *escaped_subject = curl_easy_escape(handle, key->subject, 0);
-	char	   *url = psprintf("%s/subjects/%s/versions",
-							   kp_schema_registry_url, escaped_subject);
-	KpRegistration *r = palloc0(sizeof(KpRegistration));
-
-	curl_free(escaped_subject);
-	r->key = *key;
-	initStringInfo(&r->request);
-	appendStringInfoString(&r->request, "{\"schema\": ");
-	escape_json(&r->request, schema);
-	appendStringInfoChar(&r->request, '}');
-	initStringInfo(&r->answer.body);
-	r->headers = curl_slist_append(r->headers, "Content-Type: application/vnd.schemaregistry.v1+json");
-	r->headers = curl_slist_append(r->headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
-	MemoryContextSwitchTo(outer);
-
 	curl_easy_reset(handle);
 	curl_easy_setopt(handle, CURLOPT_URL, url);
 	curl_easy_setopt(handle, CURLOPT_HTTPHEADER, r->headers);
@@ -334,6 +316,43 @@ start_registration(const KpSchemaKey *key, const char *schema)
 		curl_easy_setopt(handle, CURLOPT_NETRC, (long) CURL_NETRC_REQUIRED);
 		curl_easy_setopt(handle, CURLOPT_NETRC_FILE, kp_schema_registry_netrc_file);
 	}
+}
+
+/* A request of {"schema": schema} and its answer, in CurrentMemoryContext. */
+static KpRegistration *
+new_request(const char *schema)
+{
+	KpRegistration *r = palloc0(sizeof(KpRegistration));
+
+	initStringInfo(&r->request);
+	appendStringInfoString(&r->request, "{\"schema\": ");
+	escape_json(&r->request, schema);
+	appendStringInfoChar(&r->request, '}');
+	initStringInfo(&r->answer.body);
+	r->headers = curl_slist_append(r->headers, "Content-Type: application/vnd.schemaregistry.v1+json");
+	r->headers = curl_slist_append(r->headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
+	return r;
+}
+
+/*
+ * Starts POST /subjects/<subject>/versions {"schema": schema} for key; the
+ * answer is taken by kp_registry_poll().
+ */
+static void
+start_registration(const KpSchemaKey *key, const char *schema)
+{
+	CURL	   *handle = registry_handle();
+	MemoryContext outer = MemoryContextSwitchTo(registration_context);
+	char	   *escaped_subject = curl_easy_escape(handle, key->subject, 0);
+	char	   *url = psprintf("%s/subjects/%s/versions",
+							   kp_schema_registry_url, escaped_subject);
+	KpRegistration *r = new_request(schema);
+
+	curl_free(escaped_subject);
+	r->key = *key;
+	MemoryContextSwitchTo(outer);
+
+	prepare_post(handle, url, r);
 	if (curl_multi_add_handle(multi, handle) != CURLM_OK)
 		elog(ERROR, "could not start a schema registry request");
 	registration = r;
@@ -584,4 +603,43 @@ kp_registry_frame(const char *topic, bool is_key, const char **data,
 	*len = *len - KP_SINGLE_OBJECT_HEADER + KP_CONFLUENT_HEADER;
 	*data = framed;
 	return KP_REGISTRY_FRAMED;
+}
+
+/*
+ * Whether the registry would take schema as the next version of subject:
+ * false, with the registry's reasons in *why, when it would refuse; true
+ * when it would take it or cannot say (no such subject yet, out of reach).
+ * Waits for the answer, a few seconds at most: for a backend checking
+ * DDL, never for a message.
+ */
+bool
+kp_registry_compatible(const char *subject, const char *schema, char **why)
+{
+	CURL	   *handle = registry_handle();
+	char	   *escaped_subject = curl_easy_escape(handle, subject, 0);
+	char	   *url = psprintf("%s/compatibility/subjects/%s/versions/latest?verbose=true",
+							   kp_schema_registry_url, escaped_subject);
+	KpRegistration *r = new_request(schema);
+	long		status = 0;
+	Jsonb	   *answer;
+	JsonbValue *compatible;
+	JsonbValue *messages;
+	bool		sent;
+
+	curl_free(escaped_subject);
+	prepare_post(handle, url, r);
+	sent = curl_easy_perform(handle) == CURLE_OK &&
+		curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK;
+	curl_slist_free_all(r->headers);
+	if (!sent || status != 200)
+		return true;
+	answer = answer_json(&r->answer);
+	compatible = answer_field(answer, "is_compatible");
+	if (compatible == NULL || compatible->type != jbvBool || compatible->val.boolean)
+		return true;
+	messages = answer_field(answer, "messages");
+	*why = messages != NULL && messages->type == jbvBinary ?
+		JsonbToCString(NULL, messages->val.binary.data, messages->val.binary.len) :
+		pstrdup("the registry gave no reason");
+	return false;
 }

@@ -9,6 +9,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <limits.h>
 
 #include "nodes/pg_list.h"
@@ -21,6 +22,7 @@ static char *kp_database = NULL;
 int			kp_max_databases = 8;
 char	   *kp_database_header = NULL;
 char	   *kp_hash_salt = NULL;
+static char *kp_schema_changes_topic = NULL;
 /* grows whenever kafka.databases or kafka.database is assigned */
 uint32		kp_databases_generation = 0;
 int			kp_max_attempts = 10;
@@ -28,6 +30,34 @@ int			kp_status_retention = 86400;
 int			kp_message_max_bytes = 1000000;
 char	   *kp_id_header = NULL;
 int			kp_shutdown_timeout_ms = 5000;
+
+/*
+ * A topic name once %d is replaced by a database's: Kafka's characters,
+ * and room for the name.
+ */
+static bool
+check_schema_changes_topic(char **newval, void **extra, GucSource source)
+{
+	const char *name = *newval;
+
+	if (strlen(name) + NAMEDATALEN > KP_TOPIC_NAME_MAX)
+	{
+		GUC_check_errdetail("A topic name has at most %d characters, the database's name included.",
+							KP_TOPIC_NAME_MAX);
+		return false;
+	}
+	for (const char *c = name; *c != '\0'; c++)
+	{
+		if (c[0] == '%' && c[1] == 'd')
+			c++;
+		else if (!isalnum((unsigned char) *c) && strchr("._-", *c) == NULL)
+		{
+			GUC_check_errdetail("A topic name is made of ASCII letters, digits, '.', '_' and '-'; %%d stands for the database's name.");
+			return false;
+		}
+	}
+	return true;
+}
 
 static void
 databases_assigned(const char *newval, void *extra)
@@ -82,6 +112,10 @@ kp_settings_init(void)
 							   "Shown only to superusers.  Changing it changes every hash from then on.",
 							   &kp_hash_salt, "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("kafka.schema_changes_topic",
+							   "Topic of the events that say a published table's columns changed; %d stands for the database's name (empty = none).",
+							   NULL, &kp_schema_changes_topic, "%d.schema_changes",
+							   PGC_SIGHUP, 0, check_schema_changes_topic, NULL, NULL);
 	DefineCustomStringVariable("kafka.id_header",
 							   "Name of the record header that carries each message's id (empty = none).",
 							   "Consumers dedupe by it, and a restarted worker finds by it what Kafka already holds before sending again.",

@@ -150,6 +150,8 @@ class SchemaRegistry:
             ("GET", r"/subjects/([^/]+)/versions/(\d+|latest)", self.get_version),
             ("GET", r"/config(?:/([^/]+))?", self.get_config),
             ("PUT", r"/config(?:/([^/]+))?", self.put_config),
+            ("POST", r"/compatibility/subjects/([^/]+)/versions/(latest|\d+)(?:\?verbose=true)?",
+             self.check_compatibility),
         ]
         for route_method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -159,6 +161,20 @@ class SchemaRegistry:
                     arguments.append(body)
                 return handler(*arguments)
         return 404, {"error_code": 404, "message": f"HTTP 404 Not Found: {method} {path}"}
+
+    def check_compatibility(self, subject, version, body):
+        """Whether schema would be taken as subject's next version."""
+        with self.lock:
+            versions = self.subjects.get(subject) or []
+            if not versions:
+                return 404, {"error_code": 40401, "message": f"Subject '{subject}' not found."}
+            latest = json.loads(self.schemas[versions[-1]])
+            level = self.compatibility.get(subject, self.compatibility[None])
+        text = json.loads(body)["schema"]
+        if compatible(level, json.loads(text), latest):
+            return 200, {"is_compatible": True, "messages": []}
+        return 200, {"is_compatible": False,
+                     "messages": [INCOMPATIBLE.format(subject=subject)]}
 
     def get_schema(self, schema_id):
         with self.lock:

@@ -377,3 +377,39 @@ def test_snapshot_resumes_after_a_restart(pg, kafka):
     assert wait_for_snapshot(pg, table) == 10
     assert pg.query("SELECT status, error FROM kafka.snapshots WHERE \"table\" = %s::regclass "
                     "ORDER BY id DESC LIMIT 1 OFFSET 1", (table,)) == [("failed", "division by zero")]
+
+
+def test_schema_change_events_in_order(pg, kafka, settings):
+    """ALTER TABLE of a published table puts an event on the database's
+    schema-changes topic, with the DDL and the new columns, ordered by id
+    between the data events before it and those after it, which carry the
+    new column."""
+    pg.query("CREATE TABLE ddl_src (id int PRIMARY KEY, v text)")
+    pg.query("SELECT kafka_publish('ddl_src', topic => 'cdc_ddl')")
+    pg.query("INSERT INTO ddl_src VALUES (1, 'before')")
+    pg.query("ALTER TABLE ddl_src ADD COLUMN added int NOT NULL DEFAULT 7")
+    pg.query("INSERT INTO ddl_src VALUES (2, 'after', 8)")
+    pg.query("ALTER TABLE ddl_src RENAME COLUMN v TO renamed")
+    pg.query("UPDATE ddl_src SET renamed = 'again' WHERE id = 1")
+    pg.wait_until_final("cdc_ddl")
+    pg.wait_until_final("postgres.schema_changes")
+    records = sorted(consume_all(kafka.bootstrap, "cdc_ddl") +
+                     [r for r in consume_all(kafka.bootstrap, "postgres.schema_changes")
+                      if json.loads(r.value)["tableChanges"][0]["id"] == 'postgres.public.ddl_src'],
+                     key=id_header)
+    shape = []
+    for r in records:
+        event = json.loads(r.value)
+        if "ddl" in event:
+            table = event["tableChanges"][0]["table"]
+            assert json.loads(r.key) == {"databaseName": "postgres"}
+            shape.append(("ddl", event["ddl"].split()[3],
+                          [c["name"] for c in table["columns"]], table["primaryKeyColumnNames"]))
+        else:
+            shape.append((event["op"], sorted(event["after"])))
+    assert shape == [
+        ("c", ["id", "v"]),
+        ("ddl", "ADD", ["id", "v", "added"], ["id"]),
+        ("c", ["added", "id", "v"]),
+        ("ddl", "RENAME", ["id", "renamed", "added"], ["id"]),
+        ("u", ["added", "id", "renamed"])]

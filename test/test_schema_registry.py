@@ -260,3 +260,25 @@ def test_slow_registry_stalls_nothing_else(pg, kafka, registered):
     finally:
         registered.hang(0)
     assert pg.wait_until_final("registry_slow") == {"delivered": 1}
+
+
+def test_schema_change_the_registry_would_refuse_warns(pg, kafka, registered):
+    """ALTER TABLE of a table published in Avro asks the registry whether
+    it would take the new schemas: a compatible change passes quietly, an
+    incompatible one is a WARNING naming the subject at the ALTER, not a
+    failed message later."""
+    pg.query("CREATE TABLE registry_ddl (id int PRIMARY KEY, name text NOT NULL)")
+    pg.query("SELECT kafka_publish('registry_ddl', topic => 'registry_ddl', format => 'avro')")
+    pg.query("INSERT INTO registry_ddl VALUES (1, 'one')")
+    assert pg.wait_until_final("registry_ddl") == {"delivered": 1}
+    conn = pg.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("ALTER TABLE registry_ddl ADD COLUMN note text")
+        assert not [n for n in conn.notices if "WARNING" in n]
+        cur.execute("ALTER TABLE registry_ddl ALTER COLUMN name TYPE int USING length(name)")
+        warnings = [n for n in conn.notices if "WARNING" in n]
+        assert len(warnings) == 1, conn.notices
+        assert 'would refuse the new schema of subject "registry_ddl-value"' in warnings[0]
+    finally:
+        conn.close()
