@@ -29,6 +29,7 @@ OBJS = \
 	src/avro.o \
 	src/send_avro.o \
 	src/change_json.o \
+	src/connect_schema.o \
 	src/publish.o \
 	src/snapshot.o \
 	src/schema_registry.o

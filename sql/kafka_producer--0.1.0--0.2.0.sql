@@ -520,10 +520,10 @@ BEGIN
 			USING ERRCODE = 'wrong_object_type',
 				  DETAIL = 'The worker cannot see other sessions'' temporary tables; publish a regular table.';
 	END IF;
-	IF format IS NULL OR format NOT IN ('json', 'avro') THEN
+	IF format IS NULL OR format NOT IN ('json', 'json_schema', 'avro') THEN
 		RAISE EXCEPTION 'unknown format "%"', format
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Valid formats: json, avro.';
+				  HINT = 'Valid formats: json, json_schema (JSON with its Kafka Connect schema), avro.';
 	END IF;
 	IF time_format IS NULL OR time_format NOT IN ('iso', 'epoch') THEN
 		RAISE EXCEPTION 'unknown time_format "%"', time_format

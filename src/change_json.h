@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "access/tupdesc.h"
 #include "lib/stringinfo.h"
 
 /* how dates and times are written */
@@ -52,5 +53,12 @@ extern void kp_json_column_init(KpJsonColumn *column, Oid typid,
 								MemoryContext mcxt);
 extern void kp_json_append_value(StringInfo out, KpJsonColumn *column,
 								 Datum value, bool isnull, KpTimeFormat format);
+
+/* connect_schema.c: Kafka Connect schemas of change events */
+extern char *kp_connect_key_schema(TupleDesc desc, const bool *is_key,
+								   const char *prefix, KpTimeFormat format);
+extern char *kp_connect_value_schema(TupleDesc desc, const bool *published,
+									 const char *prefix, KpTimeFormat format,
+									 bool flat);
 
 #endif							/* KP_CHANGE_JSON_H */

@@ -109,6 +109,8 @@ typedef struct KpPublication
 	AttrNumber *keys;
 	char	   *source;			/* the constant members of "source" */
 	bool		avro;			/* format avro, else json */
+	char	   *connect_key;	/* format json_schema: {"schema": ..., "payload": */
+	char	   *connect_value;	/* the same for values; NULL: plain json */
 	KpAvroSchema *avro_key;
 	KpAvroSchema *avro_value;	/* the envelope */
 	KpAvroSource avro_source;	/* its constant members */
@@ -208,7 +210,7 @@ load_options(KpPublication *pub, Relation rel)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT topic, key_attnums, column_attnums, tombstones, "
 							  "  time_format, row_filter_function, format = 'avro', relid, "
-							  "  envelope = 'row', mask_attnums, hash_attnums "
+							  "  envelope = 'row', mask_attnums, hash_attnums, format = 'json_schema' "
 							  "FROM kafka.publication WHERE relid = ANY ($1) "
 							  "ORDER BY array_position($1, relid::oid) LIMIT 1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
@@ -250,6 +252,9 @@ load_options(KpPublication *pub, Relation rel)
 		pub->filter = InvalidOid;
 	pub->avro = DatumGetBool(SPI_getbinval(row, desc, 7, &isnull));
 	pub->flat = DatumGetBool(SPI_getbinval(row, desc, 9, &isnull));
+	pub->connect_key = pub->connect_value = NULL;
+	if (DatumGetBool(SPI_getbinval(row, desc, 12, &isnull)))
+		pub->connect_key = pub->connect_value = "";	/* made by prepare_columns */
 	pub->treatment = palloc0(pub->natts * sizeof(KpTreatment));
 	pub->masking = false;
 	for (int column = 10; column <= 11; column++)
@@ -307,6 +312,30 @@ check_filter(Oid filter, Relation rel)
 				 errdetail("Function %s is owned by another role, or its owner may not execute it.",
 						   format_procedure(filter)),
 				 errhint("Run kafka_publish() again to make the filter anew.")));
+}
+
+/*
+ * The Kafka Connect schemas that come before the payload of each key and
+ * value, named as Debezium names them: <server>.<schema>.<table>, the
+ * database's name as the server's.
+ */
+static void
+prepare_connect(KpPublication *pub, Relation rel)
+{
+	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+	char	   *prefix = psprintf("%s.%s.%s", get_database_name(MyDatabaseId),
+								  get_namespace_name(RelationGetNamespace(rel)),
+								  RelationGetRelationName(rel));
+
+	for (int k = 0; k < pub->nkeys; k++)
+		is_key[pub->keys[k] - 1] = true;
+	pub->connect_key = psprintf("{\"schema\":%s,\"payload\":",
+								kp_connect_key_schema(pub->encoded_desc, is_key,
+													  prefix, pub->time_format));
+	pub->connect_value = psprintf("{\"schema\":%s,\"payload\":",
+								  kp_connect_value_schema(pub->encoded_desc,
+														  pub->published, prefix,
+														  pub->time_format, pub->flat));
 }
 
 /*
@@ -371,6 +400,10 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 		kp_json_column_init(&pub->columns[i],
 							TupleDescAttr(pub->encoded_desc, i)->atttypid,
 							pub->context);
+		/* Connect's json is a string of it */
+		if (pub->connect_value != NULL &&
+			(pub->columns[i].kind == KP_JSON_JSON || pub->columns[i].kind == KP_JSON_JSONB))
+			pub->columns[i].kind = KP_JSON_TEXT;
 		pub->names[i] = json_string(NameStr(attr->attname));
 	}
 	for (int k = 0; k < pub->nkeys; k++)
@@ -395,6 +428,8 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 						 json_string(get_rel_name(pub->relid)));
 	pub->source = source.data;
 	pub->table = json_string(RelationGetRelationName(rel));
+	if (pub->connect_value != NULL)
+		prepare_connect(pub, rel);
 	if (pub->avro)
 		prepare_avro(pub, rel);
 	if (OidIsValid(pub->filter))
@@ -512,12 +547,29 @@ append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 	appendStringInfoChar(out, '}');
 }
 
+/* a StringInfo for a JSON key or value, which with a schema starts with it */
+static void
+init_json(StringInfo out, const char *connect_prefix)
+{
+	init_bytes(out);
+	if (connect_prefix != NULL)
+		appendStringInfoString(out, connect_prefix);
+}
+
+static bytea *
+finish_json(StringInfo out, const char *connect_prefix)
+{
+	if (connect_prefix != NULL)
+		appendStringInfoChar(out, '}');
+	return finish_bytes(out);
+}
+
 static bytea *
 json_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 {
 	StringInfoData out;
 
-	init_bytes(&out);
+	init_json(&out, pub->connect_key);
 	appendStringInfoChar(&out, '{');
 	for (int k = 0; k < pub->nkeys; k++)
 	{
@@ -532,7 +584,7 @@ json_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 		kp_json_append_value(&out, &pub->columns[i], value, isnull, pub->time_format);
 	}
 	appendStringInfoChar(&out, '}');
-	return finish_bytes(&out);
+	return finish_json(&out, pub->connect_key);
 }
 
 static int64
@@ -561,7 +613,7 @@ json_flat_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 {
 	StringInfoData out;
 
-	init_bytes(&out);
+	init_json(&out, pub->connect_value);
 	append_row(&out, pub, desc, after ? after : before);
 	/* the row's members, then ours */
 	out.len--;
@@ -575,7 +627,7 @@ json_flat_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 					  epoch_ms(GetCurrentStatementStartTimestamp()));
 	appendStringInfoString(&out, op == 'd' ? ",\"__deleted\":\"true\"}" :
 						   ",\"__deleted\":\"false\"}");
-	return finish_bytes(&out);
+	return finish_json(&out, pub->connect_value);
 }
 
 static bytea *
@@ -586,7 +638,7 @@ json_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 
 	if (pub->flat)
 		return json_flat_value(pub, desc, before, after, op);
-	init_bytes(&out);
+	init_json(&out, pub->connect_value);
 	appendStringInfoString(&out, "{\"before\":");
 	append_row(&out, pub, desc, before);
 	appendStringInfoString(&out, ",\"after\":");
@@ -603,7 +655,7 @@ json_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	appendStringInfoChar(&out, op);
 	append_member_int(&out, "\",\"ts_ms\":", epoch_ms(GetCurrentTimestamp()));
 	appendStringInfoChar(&out, '}');
-	return finish_bytes(&out);
+	return finish_json(&out, pub->connect_value);
 }
 
 static bytea *

@@ -413,3 +413,89 @@ def test_schema_change_events_in_order(pg, kafka, settings):
         ("c", ["added", "id", "v"]),
         ("ddl", "RENAME", ["id", "renamed", "added"], ["id"]),
         ("u", ["added", "id", "renamed"])]
+
+
+CONNECT_TYPES = {"int16": int, "int32": int, "int64": int, "float": float, "double": float,
+                 "boolean": bool, "string": str, "bytes": str}
+
+
+def conforms(schema, value):
+    """Whether value is what Kafka Connect's JsonConverter reads with
+    schema (schemas.enable=true): every field present and of its type."""
+    if value is None:
+        return schema.get("optional", False)
+    if schema["type"] == "struct":
+        return isinstance(value, dict) and \
+            set(value) <= {f["field"] for f in schema["fields"]} | {"partition"} and \
+            all(conforms(f, value.get(f["field"])) for f in schema["fields"])
+    if schema["type"] == "array":
+        return isinstance(value, list) and all(conforms(schema["items"], v) for v in value)
+    expected = CONNECT_TYPES[schema["type"]]
+    return isinstance(value, expected) or (expected is float and isinstance(value, int))
+
+
+def test_json_with_its_connect_schema(pg, kafka):
+    """format => 'json_schema' writes keys and values as Kafka Connect's
+    JsonConverter does with schemas.enable=true, with the types and names
+    Debezium's PostgreSQL connector gives (decimal.handling.mode=string,
+    time.precision.mode adaptive with time_format 'epoch'): every payload
+    conforms to its schema, in the Debezium envelope and flat."""
+    pg.query("""CREATE TABLE connect_src (id int PRIMARY KEY, name text NOT NULL, small smallint,
+                big bigint, ratio real, score double precision, flag boolean, price numeric(10, 2),
+                raw bytea, ident uuid, doc jsonb, day date, at_time time, stamp timestamp,
+                stamptz timestamptz, tags text[])""")
+    insert = """INSERT INTO connect_src VALUES (%s, 'n', 1, 2, 0.5, 1.5, true, 9.99, '\\x0102',
+                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2]}', '2024-01-02', '10:11:12',
+                '2024-01-02 10:11:12.5', '2024-01-02 10:11:12.5+00', ARRAY['x', NULL])"""
+    for envelope in ("debezium", "row"):
+        topic = f"cdc_connect_{envelope}"
+        pg.query("SELECT kafka_publish('connect_src', topic => %s, format => 'json_schema', "
+                 "time_format => 'epoch', envelope => %s)", (topic, envelope))
+        pg.query(insert, (1,))
+        pg.query("UPDATE connect_src SET price = NULL, doc = NULL WHERE id = 1")
+        pg.query("DELETE FROM connect_src WHERE id = 1")
+        pg.wait_until_final(topic)
+        records = [r for r in consume_all(kafka.bootstrap, topic) if r.value is not None]
+        assert len(records) == 3
+        for r in records:
+            key, value = json.loads(r.key), json.loads(r.value)
+            assert key["schema"] == {"type": "struct", "optional": False,
+                                     "name": "postgres.public.connect_src.Key",
+                                     "fields": [{"type": "int32", "optional": False, "field": "id"}]}
+            assert key["payload"] == {"id": 1}
+            assert conforms(key["schema"], key["payload"])
+            assert conforms(value["schema"], value["payload"]), value
+        schema = json.loads(records[0].value)["schema"]
+        if envelope == "debezium":
+            assert schema["name"] == "postgres.public.connect_src.Envelope"
+            assert [f["field"] for f in schema["fields"]] == ["before", "after", "source", "op", "ts_ms"]
+            source = schema["fields"][2]
+            assert source["name"] == "io.debezium.connector.postgresql.Source"
+            row = schema["fields"][1]
+            assert row["name"] == "postgres.public.connect_src.Value" and row["optional"]
+        else:
+            row = schema
+            assert [f["field"] for f in schema["fields"]][-4:] == \
+                ["__op", "__table", "__source_ts_ms", "__deleted"]
+        fields = {f["field"]: f for f in row["fields"]}
+        semantic = {name: (f["type"], f.get("name")) for name, f in fields.items()}
+        assert semantic["id"] == ("int32", None) and not fields["id"]["optional"]
+        assert semantic["name"] == ("string", None) and not fields["name"]["optional"]
+        assert semantic["small"] == ("int16", None)
+        assert semantic["big"] == ("int64", None)
+        assert semantic["ratio"] == ("float", None)
+        assert semantic["score"] == ("double", None)
+        assert semantic["flag"] == ("boolean", None)
+        assert semantic["price"] == ("string", None)
+        assert semantic["raw"] == ("bytes", None)
+        assert semantic["ident"] == ("string", "io.debezium.data.Uuid")
+        assert semantic["doc"] == ("string", "io.debezium.data.Json")
+        assert semantic["day"] == ("int32", "io.debezium.time.Date")
+        assert semantic["at_time"] == ("int64", "io.debezium.time.MicroTime")
+        assert semantic["stamp"] == ("int64", "io.debezium.time.MicroTimestamp")
+        assert semantic["stamptz"] == ("string", "io.debezium.time.ZonedTimestamp")
+        assert fields["tags"]["type"] == "array" and fields["tags"]["items"]["type"] == "string"
+        created = json.loads(records[0].value)["payload"]
+        image = created["after"] if envelope == "debezium" else created
+        assert image["doc"] == '{"a": [1, 2]}' and image["price"] == "9.99"
+        assert image["day"] == 19724 and image["stamp"] == 1704190272500000
