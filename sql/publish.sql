@@ -113,6 +113,9 @@ SELECT kafka_snapshot('existing', "where" => $$v > 'a'$$) > 0 AS started;
 SELECT wait_for_snapshots();
 SELECT n, key, value FROM events(:start);
 SELECT kafka_snapshot('existing', "where" => 'nope > 1');
+SELECT kafka_snapshot('existing', "where" => 'true; SELECT 1');
+SELECT kafka_snapshot('existing', "where" => $$v > 'z'$$) > 0 AS nothing_to_read;
+SELECT wait_for_snapshots();
 CREATE TABLE keyless (a int, b text);
 INSERT INTO keyless VALUES (1, 'x');
 SELECT kafka_publish('keyless', key_columns => ARRAY['a'], snapshot => true);
@@ -310,6 +313,9 @@ SELECT kafka_publish('a_partition_2');
 SELECT tgrelid::regclass, tgname FROM pg_trigger
  WHERE tgrelid IN ('a_partitioned'::regclass, 'a_partition_1'::regclass, 'a_partition_2'::regclass)
  ORDER BY 1, 2;
+-- truncating one partition would publish nothing: refused; the parent is fine
+TRUNCATE a_partition_1;
+TRUNCATE a_partitioned;
 SELECT kafka_unpublish('a_partitioned');
 SELECT count(*) AS triggers_left FROM pg_trigger
  WHERE tgrelid IN ('a_partitioned'::regclass, 'a_partition_1'::regclass, 'a_partition_2'::regclass);

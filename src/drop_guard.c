@@ -6,15 +6,24 @@
  *	  committed messages nobody would ever deliver, without a word.  Only
  *	  DROP ... CASCADE with kafka.discard_on_drop on discards them.
  *
+ *	  TRUNCATE of one partition of a published partitioned table refuses
+ *	  too: statement triggers are not cloned to partitions, so its rows
+ *	  would vanish from the table without an event.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "utils/array.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
 #include "kafka_producer.h"
@@ -83,6 +92,55 @@ check_drop(DropStmt *stmt)
 					 KP_EXTENSION_NAME)));
 }
 
+/* Whether kafka.publication names one of relids. */
+static bool
+any_published(List *relids)
+{
+	Datum	   *elements = palloc(list_length(relids) * sizeof(Datum));
+	Oid			argtypes[] = {OIDARRAYOID};
+	Datum		args[1];
+	KpSavedUser saved;
+	bool		found;
+	int			count = 0;
+	ListCell   *lc;
+
+	foreach(lc, relids)
+		elements[count++] = ObjectIdGetDatum(lfirst_oid(lc));
+	args[0] = PointerGetDatum(construct_array(elements, count, OIDOID, sizeof(Oid),
+											  true, TYPALIGN_INT));
+	kp_begin_as_owner(&saved);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT FROM kafka.publication WHERE relid = ANY ($1)",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kafka.publication");
+	found = SPI_processed > 0;
+	SPI_finish();
+	kp_end_as_owner(&saved);
+	return found;
+}
+
+static void
+check_truncate(TruncateStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->relations)
+	{
+		Oid			relid = RangeVarGetRelid(lfirst(lc), NoLock, true);
+
+		if (!OidIsValid(relid) || !get_rel_relispartition(relid) ||
+			!any_published(get_partition_ancestors(relid)))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot truncate partition \"%s\" of a published table",
+						get_rel_name(relid)),
+				 errdetail("TRUNCATE of a partition alone would publish no event."),
+				 errhint("Truncate the partitioned table, or DELETE the partition's rows.")));
+	}
+}
+
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *query_string,
 					  bool read_only_tree, ProcessUtilityContext context,
@@ -93,6 +151,9 @@ guard_process_utility(PlannedStmt *pstmt, const char *query_string,
 
 	if (IsA(parsetree, DropStmt) && drops_this_extension((DropStmt *) parsetree))
 		check_drop((DropStmt *) parsetree);
+	if (IsA(parsetree, TruncateStmt) &&
+		OidIsValid(get_extension_oid(KP_EXTENSION_NAME, true)))
+		check_truncate((TruncateStmt *) parsetree);
 	if (prev_process_utility)
 		prev_process_utility(pstmt, query_string, read_only_tree, context,
 							 params, query_env, dest, qc);

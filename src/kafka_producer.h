@@ -126,7 +126,7 @@ extern void kp_shmem_add(const char *name, Size (*size) (void),
 extern int	kp_shmem_add_database_part(Size size, void (*reset) (void *memory));
 extern void *kp_shmem_database_part(int part, bool missing_ok);
 extern void kp_shmem_check_preloaded(void);
-extern int	kp_shmem_claim_slot(Oid database, int keep_free);
+extern int	kp_shmem_claim_slot(Oid database);
 extern void kp_shmem_free_slot(int index);
 extern void kp_shmem_slot_info(int index, KpSlotInfo *info);
 extern void kp_shmem_clear_dropping(int index);

@@ -121,8 +121,11 @@ list_databases(void)
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tuple;
+	MemoryContext pass_context = CurrentMemoryContext;
 
 	StartTransactionCommand();
+	/* the list outlives the transaction */
+	MemoryContextSwitchTo(pass_context);
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -140,6 +143,7 @@ list_databases(void)
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(pass_context);
 	return databases;
 }
 
@@ -312,8 +316,7 @@ log_missing_databases(List *databases)
 
 /*
  * Starts a worker for each database served that has no slot yet, to find
- * whether it has the extension.  Such a look never takes the last free
- * slot: CREATE EXTENSION elsewhere may need it.
+ * whether it has the extension; one that finds none gives its slot back.
  */
 static void
 start_new_databases(List *databases, List *with_slot)
@@ -328,8 +331,8 @@ start_new_databases(List *databases, List *with_slot)
 		if (!database->served || list_member_oid(with_slot, database->oid) ||
 			list_member_oid(without_extension, database->oid))
 			continue;
-		index = kp_shmem_claim_slot(database->oid, 1);
-		/* none to spare: a session's CREATE EXTENSION or kafka_send() says so */
+		index = kp_shmem_claim_slot(database->oid);
+		/* none free: a session's CREATE EXTENSION or kafka_send() says so */
 		if (index < 0)
 			return;
 		if (!start_worker(index, database))

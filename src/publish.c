@@ -1014,7 +1014,9 @@ kafka_snapshot_now(PG_FUNCTION_ARGS)
 				 errdetail("It reads the table with a snapshot taken after locking it.")));
 	rel = table_open(relid, ShareLock);
 	(void) publication_for(rel);
-	tables = find_all_inheritors(relid, ShareLock, NULL);
+	/* a partitioned table's partitions are its rows; inheritance children are not */
+	tables = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
+		find_all_inheritors(relid, ShareLock, NULL) : list_make1_oid(relid);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	foreach(lc, tables)
 	{

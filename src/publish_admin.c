@@ -126,15 +126,19 @@ kafka_unpublish(PG_FUNCTION_ARGS)
 static void
 check_condition(Oid relid, text *condition)
 {
-	char	   *query = psprintf("SELECT FROM %s WHERE (%s) LIMIT 0",
+	/* as the worker will run it: on lines of its own, one statement */
+	char	   *query = psprintf("SELECT FROM %s WHERE (\n%s\n) LIMIT 0",
 								 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 															get_rel_name(relid)),
 								 text_to_cstring(condition));
+	SPIPlanPtr	plan;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not check the condition of a snapshot");
+	plan = SPI_prepare(query, 0, NULL);
+	if (plan == NULL || SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the condition of a snapshot: %s",
+			 SPI_result_code_string(SPI_result));
 	SPI_finish();
 }
 

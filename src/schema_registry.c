@@ -33,6 +33,7 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -46,6 +47,9 @@
 
 #define KP_REGISTRY_CONNECT_TIMEOUT_MS 2000
 #define KP_REGISTRY_TIMEOUT_MS 10000
+/* a check of a schema change, which its ALTER TABLE waits for */
+#define KP_COMPATIBILITY_CONNECT_TIMEOUT_MS 1000
+#define KP_COMPATIBILITY_TIMEOUT_MS 3000
 /* a registry's answer is a small JSON object; one past this is not */
 #define KP_REGISTRY_MAX_ANSWER (1024 * 1024)
 /* how long an unreachable registry is left alone before the next attempt */
@@ -605,6 +609,14 @@ kp_registry_frame(const char *topic, bool is_key, const char **data,
 	return KP_REGISTRY_FRAMED;
 }
 
+/* libcurl's progress callback: a non-zero return ends the transfer */
+static int
+stop_if_interrupted(void *arg, curl_off_t dltotal, curl_off_t dlnow,
+					curl_off_t ultotal, curl_off_t ulnow)
+{
+	return InterruptPending ? 1 : 0;
+}
+
 /*
  * Whether the registry would take schema as the next version of subject:
  * false, with the registry's reasons in *why, when it would refuse; true
@@ -628,6 +640,11 @@ kp_registry_compatible(const char *subject, const char *schema, char **why)
 
 	curl_free(escaped_subject);
 	prepare_post(handle, url, r);
+	/* under ALTER TABLE's lock: briefly, and a cancel ends it */
+	curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, (long) KP_COMPATIBILITY_CONNECT_TIMEOUT_MS);
+	curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long) KP_COMPATIBILITY_TIMEOUT_MS);
+	curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, stop_if_interrupted);
+	curl_easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
 	sent = curl_easy_perform(handle) == CURLE_OK &&
 		curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK;
 	curl_slist_free_all(r->headers);

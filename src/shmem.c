@@ -253,23 +253,21 @@ find_slot_locked(Oid database)
 }
 
 /*
- * The slot of database, given to it if it has none yet and more than
- * keep_free slots are free; -1 otherwise.
+ * The slot of database, given to it if it has none yet; -1 when every
+ * slot belongs to another database.
  */
 int
-kp_shmem_claim_slot(Oid database, int keep_free)
+kp_shmem_claim_slot(Oid database)
 {
 	int			index;
-	int			free_slots = 0;
 
 	SpinLockAcquire(&directory->directory_lock);
 	index = find_slot_locked(database);
-	for (int i = 0; i < kp_max_databases && index < 0; i++)
-		free_slots += !OidIsValid(slot_at(i)->database);
-	if (index < 0 && free_slots > keep_free)
+	if (index < 0)
 	{
 		index = find_slot_locked(InvalidOid);
-		reset_slot(slot_at(index), database);
+		if (index >= 0)
+			reset_slot(slot_at(index), database);
 	}
 	SpinLockRelease(&directory->directory_lock);
 	return index;
@@ -356,7 +354,7 @@ find_my_slot(bool claim)
 	my_slot = NULL;
 	kp_shared = NULL;
 	if (claim)
-		index = kp_shmem_claim_slot(MyDatabaseId, 0);
+		index = kp_shmem_claim_slot(MyDatabaseId);
 	else
 	{
 		SpinLockAcquire(&directory->directory_lock);
@@ -570,6 +568,7 @@ void
 kp_shmem_worker_attach(int index)
 {
 	KpDatabaseSlot *slot = slot_at(index);
+	pid_t		other;
 
 	SpinLockAcquire(&directory->directory_lock);
 	if (slot->database == MyDatabaseId)
@@ -582,9 +581,17 @@ kp_shmem_worker_attach(int index)
 		elog(ERROR, "kafka_producer database slot %d does not belong to this database",
 			 index);
 	SpinLockAcquire(&kp_shared->mutex);
-	kp_shared->worker_procno = MyProc->pgprocno;
-	kp_shared->worker_pid = MyProcPid;
+	other = kp_shared->worker_pid;
+	if (other == 0)
+	{
+		kp_shared->worker_procno = MyProc->pgprocno;
+		kp_shared->worker_pid = MyProcPid;
+	}
 	SpinLockRelease(&kp_shared->mutex);
+	/* a launcher that restarted may not know of the worker it started */
+	if (other != 0)
+		ereport(ERROR,
+				(errmsg("kafka_producer worker %d serves this database already", (int) other)));
 	on_shmem_exit(kp_shmem_worker_detach, (Datum) 0);
 }
 

@@ -26,6 +26,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -38,6 +39,8 @@
 
 /* rows a chunk reads, and so how long a writer may wait for it */
 #define KP_SNAPSHOT_CHUNK 1000
+/* the longest a chunk's query may run */
+#define KP_SNAPSHOT_CHUNK_TIMEOUT "60s"
 
 typedef struct KpSnapshotJob
 {
@@ -155,11 +158,15 @@ chunk_query(KpSnapshotJob *job)
 	for (int k = 0; k < job->nkeys; k++)
 		appendStringInfo(&query, "%st.%s::text", k > 0 ? ", " : "",
 						 quote_identifier(job->key_columns[k]));
-	appendStringInfo(&query, "] FROM %s t WHERE true", job->table);
+	/* a partitioned table's partitions are its rows; inheritance children are not */
+	appendStringInfo(&query, "] FROM %s%s t WHERE true",
+					 get_rel_relkind(job->relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					 job->table);
 	if (job->last_key != (Datum) 0)
 		appendStringInfo(&query, " AND (%s) > (%s)", keys.data, after.data);
+	/* on lines of its own: a comment in it ends with it */
 	if (job->condition != NULL)
-		appendStringInfo(&query, " AND (%s)", job->condition);
+		appendStringInfo(&query, " AND (\n%s\n)", job->condition);
 	appendStringInfo(&query, " ORDER BY %s LIMIT %d FOR SHARE OF t", keys.data,
 					 KP_SNAPSHOT_CHUNK);
 	return query.data;
@@ -176,6 +183,7 @@ read_chunk(KpSnapshotJob *job)
 	int			saved_context;
 	int			guc_level;
 	char	   *query = chunk_query(job);
+	SPIPlanPtr	plan;
 
 	Relation	rel = table_open(job->relid, AccessShareLock);
 	Oid			owner = rel->rd_rel->relowner;
@@ -188,8 +196,15 @@ read_chunk(KpSnapshotJob *job)
 	guc_level = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	if (SPI_execute_with_args(query, 1, argtypes, args, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read a chunk of table %s", job->table);
+	/* the condition is the owner's: it may not hold up every delivery */
+	(void) set_config_option("statement_timeout", KP_SNAPSHOT_CHUNK_TIMEOUT,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/* prepared, so that it is one statement */
+	plan = SPI_prepare(query, 1, argtypes);
+	if (plan == NULL ||
+		SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read a chunk of table %s: %s", job->table,
+			 SPI_result_code_string(SPI_result));
 	AtEOXact_GUC(false, guc_level);
 	SetUserIdAndSecContext(saved_user, saved_context);
 }
@@ -234,6 +249,7 @@ kp_snapshot_run_chunk(void)
 	Datum		last_key;
 	Oid			argtypes[] = {INT8OID, TEXTARRAYOID, INT8OID, BOOLOID};
 	Datum		args[4];
+	char		nulls[] = "    ";
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -249,12 +265,13 @@ kp_snapshot_run_chunk(void)
 	args[1] = count > 0 ? last_key : job.last_key;
 	args[2] = Int64GetDatum((int64) count);
 	args[3] = BoolGetDatum(count < KP_SNAPSHOT_CHUNK);
+	/* no key read yet, none now: an empty table, or no row of the condition */
+	nulls[1] = args[1] == (Datum) 0 ? 'n' : ' ';
 	if (SPI_execute_with_args("UPDATE kafka.snapshot SET last_key = $2, "
 							  "  rows_done = rows_done + $3, "
 							  "  finished_at = CASE WHEN $4 THEN now() END "
 							  "WHERE id = $1",
-							  4, argtypes, args,
-							  args[1] == (Datum) 0 ? "  n  " : "    ", false, 0) != SPI_OK_UPDATE)
+							  4, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the progress of snapshot " INT64_FORMAT, job.id);
 	SPI_finish();
 	return true;

@@ -68,6 +68,7 @@ static char *producer_fingerprint = NULL;
 static WaitEventSet *wait_set = NULL;
 static char *database_name = NULL;	/* in TopMemoryContext */
 static char *step_error = NULL;	/* the last failed step's message */
+static int	step_errcode = 0;	/* and its SQLSTATE */
 static uint64 snapshot_generation = 0;
 static bool snapshot_running = true;	/* a snapshot may need a chunk read */
 
@@ -117,6 +118,7 @@ run_guarded(void (*step) (void *arg), void *arg)
 		if (step_error != NULL)
 			pfree(step_error);
 		step_error = MemoryContextStrdup(TopMemoryContext, error->message);
+		step_errcode = error->sqlerrcode;
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -517,6 +519,16 @@ snapshot_failed_step(void *arg)
  * whether more may be waiting.
  */
 static bool
+transient_error(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_PROGRAM_LIMIT_EXCEEDED ||
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_INSUFFICIENT_RESOURCES;
+}
+
+static bool
 read_snapshot_chunk(void)
 {
 	uint64		generation = kp_shmem_generation(KP_GENERATION_SNAPSHOT);
@@ -528,8 +540,12 @@ read_snapshot_chunk(void)
 	}
 	if (!snapshot_running || kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT / 2)
 		return false;
-	if (!run_guarded(snapshot_step, &snapshot_running))
-		snapshot_running = run_guarded(snapshot_failed_step, NULL);
+	if (run_guarded(snapshot_step, &snapshot_running))
+		return snapshot_running;
+	/* a deadlock with a writer, say: the chunk is read again after a pause */
+	if (transient_error(step_errcode))
+		return false;
+	snapshot_running = run_guarded(snapshot_failed_step, NULL);
 	return snapshot_running;
 }
 
@@ -714,6 +730,8 @@ kafka_producer_worker_main(Datum main_arg)
 	/* its few statements gain nothing from parallel workers it must wait for */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET,
 					PGC_S_OVERRIDE);
+	/* the events of its snapshot chunks are its own to deliver */
+	SetConfigOption("kafka.wait_on_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	kp_shmem_worker_attach(slot);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
