@@ -550,7 +550,8 @@ CREATE TABLE kafka.publication (
 	mask_columns text[],
 	hash_columns text[],
 	mask_attnums int2[],
-	hash_attnums int2[]
+	hash_attnums int2[],
+	shape text
 );
 SELECT pg_catalog.pg_extension_config_dump('kafka.publication', '');
 
@@ -775,6 +776,7 @@ BEGIN
 	NEW.column_attnums := kafka.attnums(NEW.relid, NEW.columns, 'columns');
 	NEW.mask_attnums := kafka.attnums(NEW.relid, NEW.mask_columns, 'mask columns');
 	NEW.hash_attnums := kafka.attnums(NEW.relid, NEW.hash_columns, 'hash columns');
+	NEW.shape := kafka.table_shape(NEW.relid);
 	NEW.row_filter_function := kafka.make_row_filter(NEW.relid, NEW.row_filter);
 	RETURN NEW;
 END
@@ -856,7 +858,19 @@ AS $$
 $$;
 
 /*
- * After ALTER TABLE of a published table, an event on the database's
+ * A digest of tbl's columns, as its schema change events give them: a
+ * restore adds the primary key after the rows, and must not look like a
+ * change.
+ */
+CREATE FUNCTION kafka.table_shape(tbl regclass) RETURNS text
+	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT md5((kafka.schema_change_event(tbl, NULL)->'tableChanges'->0->'table'->'columns')::text)
+$$;
+
+/*
+ * After ALTER TABLE of a published table that changes its columns, an
+ * event on the database's
  * schema-changes topic (kafka.schema_changes_topic), enqueued in the
  * altering transaction: it comes after the data events of the writers
  * before it and before those after it, which wait for its lock.
@@ -878,6 +892,10 @@ BEGIN
 		  JOIN kafka.publication p ON p.relid = c.objid
 		 WHERE c.classid = 'pg_class'::regclass
 	LOOP
+		/* only a change of its columns: not of its constraints, nor a restore's */
+		UPDATE kafka.publication SET shape = kafka.table_shape(altered)
+		 WHERE relid = altered AND shape IS DISTINCT FROM kafka.table_shape(altered);
+		CONTINUE WHEN NOT FOUND;
 		PERFORM @extschema@.kafka_send(topic, kafka.schema_change_event(altered, current_query()),
 									   key => jsonb_build_object('databaseName', current_database()));
 		PERFORM kafka.check_schema_change(altered);
@@ -1026,7 +1044,7 @@ BEGIN
 			tombstones = excluded.tombstones, time_format = excluded.time_format,
 			envelope = excluded.envelope, mask_columns = excluded.mask_columns,
 			hash_columns = excluded.hash_columns, mask_attnums = excluded.mask_attnums,
-			hash_attnums = excluded.hash_attnums
+			hash_attnums = excluded.hash_attnums, shape = excluded.shape
 		RETURNING p.row_filter_function INTO filter_function;
 	IF filter_function IS NOT NULL THEN
 		/* checks the condition now rather than at the first change */
@@ -1138,6 +1156,7 @@ REVOKE ALL ON FUNCTION kafka.bind_publication() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.follow_renamed_columns() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.publish_schema_changes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.schema_change_event(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka.table_shape(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka.check_schema_change(regclass) FROM PUBLIC;
 
 /*

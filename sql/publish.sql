@@ -259,6 +259,8 @@ DROP TABLE people;
 CREATE TABLE reshaped (id int PRIMARY KEY, v text);
 SELECT kafka_publish('reshaped');
 ALTER TABLE reshaped ADD COLUMN w int NOT NULL DEFAULT 0;
+-- not a change of its columns: no event
+ALTER TABLE reshaped ADD CONSTRAINT w_positive CHECK (w >= 0);
 SELECT topic, convert_from(key, 'UTF8') AS key,
 	   convert_from(value, 'UTF8')::jsonb->>'ddl' AS ddl,
 	   jsonb_path_query_array(convert_from(value, 'UTF8')::jsonb,
