@@ -97,12 +97,15 @@ def broker_counter(pg, counter, nodeid=None):
 
 
 def fresh_statistics(settings, pg):
-    """Statistics every 200 ms, so that a test sees its fault in them."""
+    """Statistics every 200 ms, so that a test sees its fault in them, from
+    the producer the reload starts: counters of the one before would make
+    a wrong baseline."""
+    before = pg.scalar("SELECT kafka_stats()->>'name'")
     settings(statistics_interval_ms=200)
     wait_until(lambda: pg.scalar("SHOW kafka.statistics_interval_ms") == "200ms", 10,
                what="the reload")
-    wait_until(lambda: pg.scalar("SELECT kafka_stats() IS NOT NULL"), 30,
-               what="the first statistics")
+    wait_until(lambda: pg.scalar("SELECT kafka_stats()->>'name'") not in (None, before), 30,
+               what="the statistics of the producer the reload started")
 
 
 def last_id(pg):
