@@ -116,6 +116,10 @@ SELECT kafka_snapshot('existing', "where" => 'nope > 1');
 SELECT kafka_snapshot('existing', "where" => 'true; SELECT 1');
 SELECT kafka_snapshot('existing', "where" => $$v > 'z'$$) > 0 AS nothing_to_read;
 SELECT wait_for_snapshots();
+-- the worker hears of a snapshot at commit, which COMMIT PREPARED skips
+BEGIN;
+SELECT kafka_snapshot('existing') > 0 AS started;
+PREPARE TRANSACTION 'snapshot';
 CREATE TABLE keyless (a int, b text);
 INSERT INTO keyless VALUES (1, 'x');
 SELECT kafka_publish('keyless', key_columns => ARRAY['a'], snapshot => true);

@@ -140,6 +140,7 @@ extern struct LWLock *kp_shmem_id_block_lock(void);
 extern void kp_shmem_wake_worker(void);
 extern pid_t kp_shmem_worker_pid(void);
 extern void kp_shmem_generation_advance(KpGeneration generation);
+extern void kp_shmem_generation_advance_at_commit(KpGeneration generation);
 extern uint64 kp_shmem_generation(KpGeneration generation);
 extern void kp_shmem_worker_attach(int index);
 extern void kp_shmem_worker_found_no_extension(void);
@@ -342,7 +343,6 @@ extern void kp_extension_check_current(void);
 extern bool kp_publish_snapshot_row(Relation rel, struct HeapTupleData *row);
 
 /* snapshot.c: snapshots read in the background, a chunk at a time */
-extern void kp_snapshot_announce_at_commit(void);
 extern bool kp_snapshot_run_chunk(void);
 extern void kp_snapshot_fail_running(const char *error);
 

@@ -268,6 +268,17 @@ load_options(KpPublication *pub, Relation rel)
 	kp_end_as_owner(&saved);
 }
 
+/* per attribute: whether it is a key column */
+static bool *
+key_columns(KpPublication *pub)
+{
+	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+
+	for (int k = 0; k < pub->nkeys; k++)
+		is_key[pub->keys[k] - 1] = true;
+	return is_key;
+}
+
 /*
  * The Avro schemas of rel's events: the key columns as .Key, the published
  * columns as .Value inside the .Envelope.  An ERROR names a column whose
@@ -276,11 +287,9 @@ load_options(KpPublication *pub, Relation rel)
 static void
 prepare_avro(KpPublication *pub, Relation rel)
 {
-	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+	bool	   *is_key = key_columns(pub);
 	KpAvroSchema *row;
 
-	for (int k = 0; k < pub->nkeys; k++)
-		is_key[pub->keys[k] - 1] = true;
 	pub->avro_key = kp_avro_row_schema(rel, pub->encoded_desc, is_key, "Key");
 	row = kp_avro_row_schema(rel, pub->encoded_desc, pub->published, "Value");
 	pub->avro_value = pub->flat ? kp_avro_flat_schema(rel, row) :
@@ -322,13 +331,11 @@ check_filter(Oid filter, Relation rel)
 static void
 prepare_connect(KpPublication *pub, Relation rel)
 {
-	bool	   *is_key = palloc0(pub->natts * sizeof(bool));
+	bool	   *is_key = key_columns(pub);
 	char	   *prefix = psprintf("%s.%s.%s", get_database_name(MyDatabaseId),
 								  get_namespace_name(RelationGetNamespace(rel)),
 								  RelationGetRelationName(rel));
 
-	for (int k = 0; k < pub->nkeys; k++)
-		is_key[pub->keys[k] - 1] = true;
 	pub->connect_key = psprintf("{\"schema\":%s,\"payload\":",
 								kp_connect_key_schema(pub->encoded_desc, is_key,
 													  prefix, pub->time_format));
@@ -486,6 +493,15 @@ publication_for(Relation rel)
 	pub->valid = true;
 	last = pub;
 	return pub;
+}
+
+/* rel's publication read anew, as a check of its options wants it */
+static KpPublication *
+reloaded_publication_for(Relation rel)
+{
+	if (publications != NULL)
+		invalidate_publication((Datum) 0, RelationGetRelid(rel));
+	return publication_for(rel);
 }
 
 /* ---------------------------------------------------------------------
@@ -883,7 +899,6 @@ Datum
 kafka_check_publication(PG_FUNCTION_ARGS)
 {
 	Relation	rel = table_open(PG_GETARG_OID(0), AccessShareLock);
-
 	KpPublication *pub;
 
 	/* a database at an older version is checked at its first change after the update */
@@ -892,9 +907,7 @@ kafka_check_publication(PG_FUNCTION_ARGS)
 		table_close(rel, AccessShareLock);
 		PG_RETURN_VOID();
 	}
-	if (publications != NULL)
-		invalidate_publication((Datum) 0, RelationGetRelid(rel));
-	pub = publication_for(rel);
+	pub = reloaded_publication_for(rel);
 	for (int i = 0; i < pub->natts; i++)
 		if (pub->treatment[i] == KP_HASHED && kp_hash_salt[0] == '\0')
 			ereport(ERROR,
@@ -958,9 +971,7 @@ kafka_check_schema_change(PG_FUNCTION_ARGS)
 
 	if (kp_registry_enabled())
 	{
-		if (publications != NULL)
-			invalidate_publication((Datum) 0, RelationGetRelid(rel));
-		pub = publication_for(rel);
+		pub = reloaded_publication_for(rel);
 		if (pub->avro)
 		{
 			check_registry(pub->topic, true, pub->avro_key);

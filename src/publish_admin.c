@@ -104,7 +104,7 @@ kafka_publish(PG_FUNCTION_ARGS)
 	run_as_owner("SELECT kafka.publish_as_owner($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
 				 fcinfo, argtypes);
 	if (!PG_ARGISNULL(5) && PG_GETARG_BOOL(5))
-		kp_snapshot_announce_at_commit();
+		kp_shmem_generation_advance_at_commit(KP_GENERATION_SNAPSHOT);
 	PG_RETURN_VOID();
 }
 
@@ -161,7 +161,7 @@ kafka_snapshot(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 		check_condition(PG_GETARG_OID(0), PG_GETARG_TEXT_PP(1));
 	id = run_as_owner("SELECT kafka.start_snapshot($1, $2)", fcinfo, argtypes);
-	kp_snapshot_announce_at_commit();
+	kp_shmem_generation_advance_at_commit(KP_GENERATION_SNAPSHOT);
 	PG_RETURN_INT64(id);
 }
 

@@ -19,6 +19,7 @@
 #include <signal.h>
 
 #include "catalog/pg_database.h"
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
@@ -530,6 +531,59 @@ kp_shmem_generation_advance(KpGeneration generation)
 		return;
 	pg_atomic_fetch_add_u64(&kp_shared->generations[generation], 1);
 	kp_shmem_wake_worker();
+}
+
+/* the generations the current transaction advances when it commits, a bit each */
+static uint32 advance_at_commit = 0;
+static bool generation_callback_registered = false;
+
+static void
+generation_xact_callback(XactEvent event, void *arg)
+{
+	/* what a transaction that advances each generation did */
+	static const char *const changes[KP_NUM_GENERATIONS] = {
+		[KP_GENERATION_TOPIC_CONFIG] = "changed kafka.topic_config",
+		[KP_GENERATION_SNAPSHOT] = "started a snapshot of a published table",
+	};
+
+	if (advance_at_commit == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			for (int i = 0; i < KP_NUM_GENERATIONS; i++)
+				if (advance_at_commit & (1 << i))
+					kp_shmem_generation_advance((KpGeneration) i);
+			advance_at_commit = 0;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			advance_at_commit = 0;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/* COMMIT PREPARED runs no callback: the worker would not hear of it */
+			for (int i = 0; i < KP_NUM_GENERATIONS; i++)
+				if (advance_at_commit & (1 << i))
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("cannot prepare a transaction that %s", changes[i])));
+			break;
+		default:
+			break;
+	}
+}
+
+/* Advances generation once the current transaction commits. */
+void
+kp_shmem_generation_advance_at_commit(KpGeneration generation)
+{
+	if (!generation_callback_registered)
+	{
+		RegisterXactCallback(generation_xact_callback, NULL);
+		generation_callback_registered = true;
+	}
+	advance_at_commit |= 1 << generation;
 }
 
 uint64

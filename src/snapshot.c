@@ -25,7 +25,6 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -53,33 +52,6 @@ typedef struct KpSnapshotJob
 	char	  **key_types;
 	Datum		last_key;		/* a text[]; 0: none read yet */
 } KpSnapshotJob;
-
-static bool announce_at_commit = false;
-static bool xact_callback_registered = false;
-
-static void
-snapshot_xact_callback(XactEvent event, void *arg)
-{
-	if (!announce_at_commit)
-		return;
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
-		kp_shmem_generation_advance(KP_GENERATION_SNAPSHOT);
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		announce_at_commit = false;
-}
-
-/* The worker hears of the current transaction's snapshots once it commits. */
-void
-kp_snapshot_announce_at_commit(void)
-{
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(snapshot_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	announce_at_commit = true;
-}
 
 static char **
 text_array_elements(Datum array, int *count)
@@ -214,6 +186,7 @@ static Datum
 publish_chunk(SPITupleTable *rows, uint64 count)
 {
 	Datum		last_key = (Datum) 0;
+	Relation	rel = NULL;		/* the table of the last row, open */
 
 	for (uint64 i = 0; i < count; i++)
 	{
@@ -224,16 +197,23 @@ publish_chunk(SPITupleTable *rows, uint64 count)
 		Oid			tableoid = DatumGetObjectId(SPI_getbinval(row, rows->tupdesc, 2,
 															  &isnull));
 		HeapTupleData tuple;
-		Relation	rel = table_open(tableoid, AccessShareLock);
 
+		/* rows come in key order: a partition's usually follow each other */
+		if (rel == NULL || RelationGetRelid(rel) != tableoid)
+		{
+			if (rel != NULL)
+				table_close(rel, NoLock);
+			rel = table_open(tableoid, AccessShareLock);
+		}
 		tuple.t_len = HeapTupleHeaderGetDatumLength(image);
 		ItemPointerSetInvalid(&tuple.t_self);
 		tuple.t_tableOid = tableoid;
 		tuple.t_data = image;
 		kp_publish_snapshot_row(rel, &tuple);
-		table_close(rel, NoLock);
 		last_key = SPI_getbinval(row, rows->tupdesc, 3, &isnull);
 	}
+	if (rel != NULL)
+		table_close(rel, NoLock);
 	return last_key;
 }
 

@@ -16,7 +16,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "common/string.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -197,47 +196,6 @@ kafka_check_topic_properties(PG_FUNCTION_ARGS)
 										 PG_GETARG_JSONB_P(1)));
 }
 
-static bool changed_in_transaction = false;
-static bool xact_callback_registered = false;
-
-static void
-topic_config_xact_callback(XactEvent event, void *arg)
-{
-	if (!changed_in_transaction)
-		return;
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			kp_shmem_generation_advance(KP_GENERATION_TOPIC_CONFIG);
-			changed_in_transaction = false;
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			changed_in_transaction = false;
-			break;
-		case XACT_EVENT_PRE_PREPARE:
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot prepare a transaction that changed kafka.topic_config")));
-			break;
-		default:
-			break;
-	}
-}
-
-/* Tells the worker, once the transaction commits, to read the table again. */
-static void
-reload_at_commit(void)
-{
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(topic_config_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	changed_in_transaction = true;
-}
-
 /*
  * BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW, and TRUNCATE, on
  * kafka.topic_config(topic text, properties jsonb, ...).
@@ -256,7 +214,8 @@ kafka_topic_config_trigger(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "kafka_topic_config_trigger: not called by trigger manager");
-	reload_at_commit();
+	/* the worker reads the table again once the transaction commits */
+	kp_shmem_generation_advance_at_commit(KP_GENERATION_TOPIC_CONFIG);
 	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
 		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		return PointerGetDatum(trigdata->tg_trigtuple);
