@@ -135,6 +135,10 @@ def test_first_bootstrap_broker_down_then_leader_change(pg, kafka, settings):
     dropped, and the leaders it knows are the last ones set."""
     topic = "fault_leaders"
     kafka.command(f"create {topic} 4 3")
+    # The mock cluster picks leaders at random: with none on broker 1 the
+    # producer may hold no connection to it, and have none to lose.
+    for partition in range(4):
+        kafka.command(f"leader {topic} {partition} 1")
     fresh_statistics(settings, pg)
     disconnects = broker_counter(pg, "disconnects", nodeid=1)
     workload = Workload(pg, topic, keys=20, seed=12)
@@ -143,6 +147,9 @@ def test_first_bootstrap_broker_down_then_leader_change(pg, kafka, settings):
     runner.start()
     try:
         wait_for_traffic(pg, topic, runner)
+        wait_until(lambda: pg.query("SELECT DISTINCT leader FROM kafka_topics() "
+                                    "WHERE topic = %s", (topic,)) == [(1,)], 30,
+                   what="the producer to know broker 1 as the leader")
         kafka.command("down 1")
         for partition in range(4):
             kafka.command(f"leader {topic} {partition} {2 + partition % 2}")
