@@ -20,9 +20,9 @@ SELECT subject, encode(fingerprint, 'hex') FROM kafka.schemas ORDER BY subject;
 SELECT id - :start AS n, encode(substring(value from 1 for 10), 'hex') AS header,
 	   encode(substring(value from 11), 'hex') AS avro_value,
 	   encode(key, 'hex') AS avro_key
-  FROM kafka.outbox WHERE id > :start AND topic = 'avro_rows' ORDER BY id;
+  FROM kafka.pending WHERE id > :start AND topic = 'avro_rows' ORDER BY id;
 SELECT count(*) AS messages_with_a_stored_schema
-  FROM kafka.outbox o JOIN kafka.schemas s
+  FROM kafka.pending o JOIN kafka.schemas s
     ON s.fingerprint = substring(o.value from 3 for 8) AND s.subject = 'avro_rows-value'
  WHERE o.id > :start;
 

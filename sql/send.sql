@@ -5,7 +5,7 @@ CREATE FUNCTION outbox_rows(since bigint)
 RETURNS TABLE (n bigint, topic text, key bytea, value bytea, headers jsonb, "partition" int)
 LANGUAGE sql AS $$
 	SELECT id - since, topic, key, value, headers, "partition"
-	  FROM kafka.outbox WHERE id > since ORDER BY id
+	  FROM kafka.pending WHERE id > since ORDER BY id
 $$;
 SELECT last_value - (NOT is_called)::int AS start FROM kafka.message_id_seq \gset
 
@@ -46,6 +46,49 @@ SELECT count(*) FROM (SELECT kafka_send('bulk', i::text, key => (i % 10)::text)
 						FROM generate_series(1, 1000) i) s;
 SELECT count(*), count(DISTINCT key), min(status), max(status)
   FROM kafka.messages WHERE topic = 'bulk';
+-- they share rows of kafka.outbox_batch, of consecutive ids; with headers
+-- or a partition a message is a row of kafka.outbox
+SELECT count(*) > 1 AS several_rows, max(cardinality(keys)) > 1 AS shared,
+	   sum(cardinality(keys)) AS messages
+  FROM kafka.outbox_batch WHERE topic = 'bulk';
+SELECT count(*) FROM (SELECT kafka_send('bulk_headers', i::text, headers => '{"h": "1"}')
+						FROM generate_series(1, 10) i) s;
+SELECT count(*) FROM kafka.outbox WHERE topic = 'bulk_headers';
+
+-- written at the end of the outermost statement: a function calling
+-- kafka_send() does not see its messages in kafka.pending, the next
+-- statement does
+CREATE FUNCTION send_and_count(n int) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+	FOR i IN 1 .. n LOOP
+		PERFORM kafka_send('in_function', i::text);
+	END LOOP;
+	RETURN (SELECT count(*) FROM kafka.pending WHERE topic = 'in_function');
+END
+$$;
+SELECT send_and_count(5) AS seen_inside;
+SELECT count(*) AS seen_after, count(DISTINCT id) = 5 AS distinct_ids
+  FROM kafka.pending WHERE topic = 'in_function';
+-- what a subtransaction sent goes with it, inside one statement too
+CREATE FUNCTION send_in_subtransactions() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM kafka_send('subxacts', 'before');
+	BEGIN
+		PERFORM kafka_send('subxacts', 'undone');
+		RAISE division_by_zero;
+	EXCEPTION WHEN division_by_zero THEN
+		NULL;
+	END;
+	BEGIN
+		PERFORM kafka_send('subxacts', 'kept');
+	EXCEPTION WHEN division_by_zero THEN
+		NULL;
+	END;
+	PERFORM kafka_send('subxacts', 'after');
+END
+$$;
+SELECT send_in_subtransactions();
+SELECT convert_from(value, 'UTF8') FROM kafka.pending WHERE topic = 'subxacts' ORDER BY id;
 
 -- bad input
 SELECT kafka_send(NULL, 'v');
@@ -96,3 +139,4 @@ REVOKE ALL ON SCHEMA kafka FROM kafka_app;
 REVOKE ALL ON kafka.messages FROM kafka_app;
 DROP ROLE kafka_app;
 DROP FUNCTION outbox_rows(bigint);
+DROP FUNCTION send_and_count(int), send_in_subtransactions();

@@ -1,12 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * enqueue.c
- *	  kafka_send(): validates a message and inserts it into kafka.outbox in
- *	  the caller's transaction, so that it exists only if that transaction
+ *	  kafka_send(): validates a message and writes it to the queue in the
+ *	  caller's transaction, so that it exists only if that transaction
  *	  commits; at commit the worker is told, through shared memory, that
  *	  there is something to deliver.
  *
- *	  The row is written with heap_insert and index_insert directly: the
+ *	  Rows are written with heap_insert and index_insert directly: the
  *	  executor's per-statement setup would cost more than the insert itself
  *	  when kafka_send() is called once per row of a large query.
  *
@@ -24,6 +24,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
+#include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -50,18 +51,22 @@ PG_FUNCTION_INFO_V1(kafka_check_topic_name);
 
 
 /*
- * Messages of triggers wait here, in TopTransactionContext, and go to
- * kafka.outbox_batch several to a row: when KP_WRITE_CHUNK are waiting, at
- * the end of the statement (kp_enqueue_flush from a statement trigger) and
- * before commit.
+ * Messages of triggers, and of kafka_send() without headers or partition,
+ * wait here, in TopTransactionContext, and go to kafka.outbox_batch
+ * several to a row: when KP_WRITE_CHUNK or KP_BUFFERED_BYTES are waiting,
+ * at the end of the statement (kp_enqueue_flush from a statement trigger,
+ * or from ExecutorEnd for the outermost query) and before commit.  A row
+ * and an index entry per page of messages, where kafka_send() made one
+ * per message, halves a bulk send, and the worker deletes as few rows.
  *
  * Their ids are taken when they are written, a block at a time under
  * kp_shmem_id_block_lock, so that a row's messages have consecutive ids
  * even while other sessions publish.  Taking them after the change keeps
  * per-key order: another transaction can change the same table row only
- * after this one commits, and so takes its ids later.  kp_enqueue() gives
- * ids to what waits here before taking its own, which keeps the order of
- * enqueueing within a transaction.
+ * after this one commits, and so takes its ids later.  kafka_send() takes
+ * its id at once, as it returns it, after giving ids to what waits here
+ * without one, which keeps the order of enqueueing within a transaction;
+ * runs of consecutive ids share a row.
  *
  * Each message remembers its subtransaction: only those of the current one
  * are written, since a row written in a deeper subtransaction would vanish
@@ -80,10 +85,21 @@ typedef struct KpBufferedMessage
 
 /* in TopTransactionContext */
 static List *buffered = NIL;
+static Size buffered_bytes = 0;
+
+/* past this many bytes waiting, they are written before the statement ends */
+#define KP_BUFFERED_BYTES (8 * 1024 * 1024)
+
+/* how deep in ExecutorRun and ExecutorFinish this backend is */
+static int	executor_depth = 0;
+static ExecutorRun_hook_type prev_executor_run = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
 
 static void enqueue_subxact_callback(SubXactEvent event, SubTransactionId subid,
 									 SubTransactionId parent, void *arg);
 static void assign_buffered_ids(void);
+static void buffer_message(KpNewMessage *msg, int64 id);
 
 /* lowest and highest message id enqueued by the current transaction */
 static int64 xact_first_id = -1;
@@ -212,6 +228,7 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	{
 		/* they lived in TopTransactionContext */
 		buffered = NIL;
+		buffered_bytes = 0;
 		forget_written();
 	}
 	if (xact_first_id < 0)
@@ -411,6 +428,16 @@ kp_enqueue(KpNewMessage *msg)
 	bool		nulls[OUTBOX_NATTS];
 	int64		id;
 
+	if (msg->headers == NULL && msg->partition == KP_PARTITION_ANY)
+	{
+		check_enqueue(msg);
+		if (buffered != NIL)
+			assign_buffered_ids();
+		id = kp_next_message_id();
+		kp_enqueue_wake_at_commit(id);
+		buffer_message(msg, id);
+		return id;
+	}
 	outbox_columns(msg, values, nulls);
 	if (buffered != NIL)
 		assign_buffered_ids();
@@ -439,35 +466,46 @@ copy_size(const struct varlena *bytes)
 	return bytes == NULL ? 0 : INTALIGN(VARHDRSZ + VARSIZE_ANY_EXHDR(bytes));
 }
 
-/* As kp_enqueue, but written with others to kafka.outbox_batch, and later. */
-void
-kp_enqueue_buffered(KpNewMessage *msg)
+/*
+ * Adds msg to the messages waiting for kafka.outbox_batch, with its id, or
+ * 0 to be given one when written.
+ */
+static void
+buffer_message(KpNewMessage *msg, int64 id)
 {
 	KpBufferedMessage *buffered_msg;
 	char	   *space;
+	Size		size;
 	MemoryContext old;
 
-	check_enqueue(msg);
 	Assert(msg->headers == NULL && msg->partition == KP_PARTITION_ANY);
 	/* to write what waits at commit, and drop what a subtransaction undoes */
 	register_callbacks();
-	space = MemoryContextAlloc(TopTransactionContext,
-							   MAXALIGN(sizeof(KpBufferedMessage)) +
-							   copy_size(msg->topic) + copy_size(msg->key) +
-							   copy_size(msg->value));
+	size = MAXALIGN(sizeof(KpBufferedMessage)) + copy_size(msg->topic) +
+		copy_size(msg->key) + copy_size(msg->value);
+	space = MemoryContextAlloc(TopTransactionContext, size);
 	buffered_msg = (KpBufferedMessage *) space;
 	space += MAXALIGN(sizeof(KpBufferedMessage));
 	buffered_msg->subid = GetCurrentSubTransactionId();
 	buffered_msg->enqueued_by = GetUserId();
-	buffered_msg->id = 0;
+	buffered_msg->id = id;
 	buffered_msg->topic = copy_bytes(msg->topic, &space);
 	buffered_msg->key = msg->key ? copy_bytes(msg->key, &space) : NULL;
 	buffered_msg->value = msg->value ? copy_bytes(msg->value, &space) : NULL;
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	buffered = lappend(buffered, buffered_msg);
 	MemoryContextSwitchTo(old);
-	if (list_length(buffered) >= KP_WRITE_CHUNK)
+	buffered_bytes += size;
+	if (list_length(buffered) >= KP_WRITE_CHUNK || buffered_bytes >= KP_BUFFERED_BYTES)
 		kp_enqueue_flush();
+}
+
+/* As kp_enqueue, but for a trigger: the id is taken when written. */
+void
+kp_enqueue_buffered(KpNewMessage *msg)
+{
+	check_enqueue(msg);
+	buffer_message(msg, 0);
 }
 
 /*
@@ -647,6 +685,71 @@ kp_enqueue_flush(void)
 	pfree(msgs);
 	list_free(buffered);
 	buffered = kept;
+	buffered_bytes = 0;
+}
+
+static void
+executor_run(QueryDesc *query, ScanDirection direction, uint64 count,
+			 bool execute_once)
+{
+	executor_depth++;
+	PG_TRY();
+	{
+		if (prev_executor_run)
+			prev_executor_run(query, direction, count, execute_once);
+		else
+			standard_ExecutorRun(query, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		executor_depth--;
+	}
+	PG_END_TRY();
+}
+
+static void
+executor_finish(QueryDesc *query)
+{
+	executor_depth++;
+	PG_TRY();
+	{
+		if (prev_executor_finish)
+			prev_executor_finish(query);
+		else
+			standard_ExecutorFinish(query);
+	}
+	PG_FINALLY();
+	{
+		executor_depth--;
+	}
+	PG_END_TRY();
+}
+
+/*
+ * The end of an outermost query is the end of a statement: what it sent
+ * is written, and the next statement sees it in kafka.messages.  Nested
+ * queries (a function's, once per row) leave it waiting to share rows.
+ */
+static void
+executor_end(QueryDesc *query)
+{
+	if (prev_executor_end)
+		prev_executor_end(query);
+	else
+		standard_ExecutorEnd(query);
+	if (executor_depth == 0)
+		kp_enqueue_flush();
+}
+
+void
+kp_enqueue_init(void)
+{
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = executor_run;
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = executor_finish;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = executor_end;
 }
 
 static void

@@ -39,5 +39,6 @@ _PG_init(void)
 	kp_shmem_init();
 	kp_committing_init();
 	kp_sync_init();
+	kp_enqueue_init();
 	kp_launcher_init();
 }

@@ -251,6 +251,7 @@ extern void kp_message_options_from_args(FunctionCallInfo fcinfo,
 extern void kp_message_from_args(FunctionCallInfo fcinfo, KpNewMessage *msg);
 extern Size kp_message_check(KpNewMessage *msg);
 extern int64 kp_next_message_id(void);
+extern void kp_enqueue_init(void);
 extern int64 kp_enqueue(KpNewMessage *msg);
 extern void kp_enqueue_buffered(KpNewMessage *msg);
 extern void kp_enqueue_flush(void);

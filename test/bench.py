@@ -159,7 +159,7 @@ def main():
                 lambda: pg.query(KAFKA_SEND, dict(topic=f"enq{r}", value=VALUE, n=N))))))
             for b in (1, 2, 3):
                 kafka.command(f"up {b}")
-            wait_until(lambda: not pg.scalar("SELECT EXISTS (SELECT FROM kafka.outbox)"),
+            wait_until(lambda: not pg.scalar("SELECT EXISTS (SELECT FROM kafka.pending)"),
                        timeout=600, what="the enqueue benchmark's messages")
             pg.query("CHECKPOINT")
 
@@ -182,7 +182,7 @@ def main():
                 if header:
                     drain_wal.append(wal)
                 pg.query("TRUNCATE kafka.delivered")
-                pg.query("VACUUM kafka.outbox")
+                pg.query("VACUUM kafka.outbox, kafka.outbox_batch")
             pg.set_config(id_header=None)
             sampling[0] = False
             sampler.join()

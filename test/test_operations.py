@@ -55,7 +55,8 @@ def health(pg, column):
 def test_bounded_backlog_through_an_outage(pg, kafka, settings):
     """kafka.max_pending_messages = 3000 with every broker down: kafka_send
     in transactions of 100 warns past 80 % and fails cleanly once the
-    backlog would pass 3,000, the limit and the backlog in the detail, and
+    backlog would pass 3,000, the limit and the backlog in the detail (the
+    statement's 100 are written, and counted, together), and
     so does a write to a published table; nothing committed is lost, and
     once Kafka is back and the backlog drains, sending works again."""
     topic = "ops_backlog"
@@ -83,7 +84,7 @@ def test_bounded_backlog_through_an_outage(pg, kafka, settings):
         assert committed == 3000
         assert refused.diag.message_detail == (
             "kafka.max_pending_messages allows 3000 messages; 3000 are pending, "
-            "and this transaction would add 1.")
+            "and this transaction would add 100.")
         assert sum("near kafka.max_pending_messages" in n for n in conn.notices) == 1
         with pytest.raises(psycopg2.errors.ProgramLimitExceeded):
             pg.query("INSERT INTO ops_backlog_published VALUES (1)")
