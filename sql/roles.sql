@@ -43,8 +43,9 @@ RESET ROLE;
 SELECT count(*) FROM kafka.messages WHERE topic = 'roles';
 
 -- kafka_retry keeps the role; so does a message's failure
-WITH moved AS (SELECT * FROM kafka.pending WHERE id = :bob_id),
-	 gone AS (DELETE FROM kafka.outbox_batch WHERE first_id = :bob_id)
+WITH moved AS (DELETE FROM kafka.outbox WHERE id = :bob_id
+			   RETURNING id, topic, key, value, headers, "partition", attempts,
+						 enqueued_at, enqueued_by)
 INSERT INTO kafka.failed (id, topic, key, value, headers, "partition", attempts,
 						  error_code, error, enqueued_at, failed_at, enqueued_by)
 	SELECT id, topic, key, value, headers, "partition", attempts, 'TEST', 'test',
@@ -61,5 +62,5 @@ REVOKE ALL ON FUNCTION kafka_send(text, "any", "any", integer, jsonb),
 REVOKE ALL ON SCHEMA kafka FROM kafka_alice, kafka_bob;
 REVOKE ALL ON kafka.messages FROM kafka_alice, kafka_bob;
 DELETE FROM kafka.outbox WHERE enqueued_by IN ('kafka_alice'::regrole, 'kafka_bob'::regrole);
-DELETE FROM kafka.outbox_batch WHERE enqueued_by IN ('kafka_alice'::regrole, 'kafka_bob'::regrole);
+DELETE FROM kafka.outbox_batch WHERE enqueued_by = 'kafka_bob'::regrole;
 DROP ROLE kafka_alice, kafka_bob;

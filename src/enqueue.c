@@ -585,13 +585,41 @@ bytea_array(KpBufferedMessage **msgs, int count, bool keys)
 	return PointerGetDatum(array);
 }
 
+/* a queue table, opened when first written to */
+typedef struct KpLazyTable
+{
+	Relation	(*open) (LOCKMODE lockmode);
+	Relation	rel;
+	KpIndexes	indexes;
+} KpLazyTable;
+
+static Relation
+lazy_table(KpLazyTable *table)
+{
+	if (table->rel == NULL)
+	{
+		table->rel = table->open(RowExclusiveLock);
+		kp_indexes_open(table->rel, &table->indexes);
+	}
+	return table->rel;
+}
+
+static void
+lazy_table_close(KpLazyTable *table)
+{
+	if (table->rel == NULL)
+		return;
+	kp_indexes_close(&table->indexes);
+	table_close(table->rel, NoLock);
+}
+
 /*
  * Writes the row holding msgs[0 .. count - 1].  A row at a time, not with
  * table_multi_insert: a row fills most of a page, and a thousand of them
  * held for a multi-insert made the backend's heap grow and shrink.
  */
 static void
-insert_batch_row(Relation rel, KpIndexes *indexes, TimestampTz enqueued_at,
+insert_batch_row(KpLazyTable *batch, TimestampTz enqueued_at,
 				 KpBufferedMessage **msgs, int count)
 {
 	Datum		values[BATCH_NATTS];
@@ -603,9 +631,50 @@ insert_batch_row(Relation rel, KpIndexes *indexes, TimestampTz enqueued_at,
 	values[BATCH_VALUES] = bytea_array(msgs, count, false);
 	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
 	values[BATCH_ENQUEUED_BY] = ObjectIdGetDatum(msgs[0]->enqueued_by);
-	kp_insert_row(rel, indexes, values, nulls, NULL);
+	kp_insert_row(lazy_table(batch), &batch->indexes, values, nulls, NULL);
 	pfree(DatumGetPointer(values[BATCH_KEYS]));
 	pfree(DatumGetPointer(values[BATCH_VALUES]));
+}
+
+/*
+ * Writes a message alone in its run of ids as a kafka.outbox row: the
+ * worker's scans of kafka.outbox_batch start a row's length before their
+ * position, and with a row per message (8 sessions committing three
+ * statements of one message each) every scan read hundreds of rows.
+ */
+static void
+insert_single_row(KpLazyTable *outbox, TimestampTz enqueued_at,
+				  KpBufferedMessage *msg)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS] = {false};
+
+	values[OUTBOX_ID] = Int64GetDatum(msg->id);
+	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
+	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
+	nulls[OUTBOX_KEY] = msg->key == NULL;
+	values[OUTBOX_VALUE] = PointerGetDatum(msg->value);
+	nulls[OUTBOX_VALUE] = msg->value == NULL;
+	nulls[OUTBOX_HEADERS] = nulls[OUTBOX_PARTITION] = nulls[OUTBOX_LAST_ERROR] = true;
+	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
+	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
+	values[OUTBOX_ENQUEUED_BY] = ObjectIdGetDatum(msg->enqueued_by);
+	kp_insert_row(lazy_table(outbox), &outbox->indexes, values, nulls, NULL);
+}
+
+/*
+ * Whether msgs[i] may join the row of msgs[first .. i - 1], which take
+ * bytes of it: the next id, of the same topic and role, with room left.
+ */
+static bool
+joins_row(KpBufferedMessage **msgs, int first, int i, Size bytes)
+{
+	return msgs[i]->id == msgs[i - 1]->id + 1 &&
+		datum_image_eq(PointerGetDatum(msgs[i]->topic),
+					   PointerGetDatum(msgs[first]->topic), false, -1) &&
+		msgs[i]->enqueued_by == msgs[first]->enqueued_by &&
+		i - first < KP_BATCH_ROW_MESSAGES &&
+		bytes + batch_row_share(msgs[i]) <= KP_BATCH_ROW_BYTES;
 }
 
 /*
@@ -617,8 +686,8 @@ insert_batch_row(Relation rel, KpIndexes *indexes, TimestampTz enqueued_at,
 static void
 write_batch_rows(KpBufferedMessage **msgs, int count)
 {
-	Relation	rel = kp_outbox_batch_open(RowExclusiveLock);
-	KpIndexes	indexes;
+	KpLazyTable batch = {.open = kp_outbox_batch_open};
+	KpLazyTable outbox = {.open = kp_outbox_open};
 	TimestampTz now = GetCurrentTimestamp();
 	int			first = 0;
 	Size		bytes = 0;
@@ -627,28 +696,20 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 	for (int i = 0; i < count; i++)
 		payload += payload_bytes(msgs[i]->key, msgs[i]->value);
 	note_written(count, payload);
-	kp_indexes_open(rel, &indexes);
 	for (int i = 0; i < count; i++)
 	{
-		Size		share = batch_row_share(msgs[i]);
-
-		if (i > first &&
-			(msgs[i]->id != msgs[i - 1]->id + 1 ||
-			 !datum_image_eq(PointerGetDatum(msgs[i]->topic),
-							 PointerGetDatum(msgs[first]->topic), false, -1) ||
-			 msgs[i]->enqueued_by != msgs[first]->enqueued_by ||
-			 i - first == KP_BATCH_ROW_MESSAGES ||
-			 bytes + share > KP_BATCH_ROW_BYTES))
-		{
-			insert_batch_row(rel, &indexes, now, msgs + first, i - first);
-			first = i;
-			bytes = 0;
-		}
-		bytes += share;
+		bytes += batch_row_share(msgs[i]);
+		if (i + 1 < count && joins_row(msgs, first, i + 1, bytes))
+			continue;
+		if (i == first)
+			insert_single_row(&outbox, now, msgs[i]);
+		else
+			insert_batch_row(&batch, now, msgs + first, i + 1 - first);
+		first = i + 1;
+		bytes = 0;
 	}
-	insert_batch_row(rel, &indexes, now, msgs + first, count - first);
-	kp_indexes_close(&indexes);
-	table_close(rel, NoLock);
+	lazy_table_close(&outbox);
+	lazy_table_close(&batch);
 }
 
 /* Writes the waiting messages of the current subtransaction. */
