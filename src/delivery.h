@@ -148,8 +148,10 @@ extern void kp_reconcile_done(void);
 extern void kp_outbox_apply_moves(void);
 extern int64 kp_outbox_send_round(int64 after_id, int max_messages,
 								  KpReportBuffer *buf, bool *queue_full,
-								  bool *held_back);
+								  bool *held_back, bool *exhausted);
 extern void kp_outbox_record(KpReportBuffer *buf);
 extern void kp_outbox_prune(void);
+extern bool kp_outbox_vacuum_due(int64 backlog);
+extern void kp_outbox_vacuum(void);
 
 #endif							/* KP_DELIVERY_H */

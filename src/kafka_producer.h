@@ -53,6 +53,7 @@ extern bool kp_database_served(const char *name, bool is_template);
 
 /* producer_settings.c: the producer's kafka.* settings */
 extern void kp_producer_settings_init(void);
+extern int	kp_producer_linger_ms(void);
 extern int	kp_producer_message_timeout_ms(void);
 extern bool kp_producer_idempotence(void);
 extern char *kp_producer_settings_fingerprint(void);
@@ -177,7 +178,8 @@ extern void kp_recorded_offsets_note(Datum topic, int32 partition,
 									 int64 offset);
 extern void kp_recorded_offsets_hold(Datum topic, int32 partition,
 									 int64 offset);
-extern void kp_recorded_offsets_forget(void);
+extern void kp_recorded_offsets_begin_step(void);
+extern void kp_recorded_offsets_step_committed(void);
 extern void kp_recorded_offsets_save(void);
 
 /* drop_guard.c: DROP EXTENSION keeps undelivered messages */

@@ -34,9 +34,11 @@
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/vacuum.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "storage/bufmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -53,6 +55,7 @@
 
 /* a round of sending ends after this many messages or bytes, whichever first */
 #define KP_ROUND_MESSAGES 10000
+#define KP_VACUUM_MIN_ROWS 20000
 #define KP_ROUND_BYTES (32 * 1024 * 1024)
 
 static SPIPlanPtr failed_plan = NULL;
@@ -351,7 +354,7 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
  * are sent or the round is full (but never leaving a batch row half sent),
  * librdkafka's queue is, or a message must wait for the schema registry.
  * Returns the id up to which everything is now in flight or done: the next
- * scan starts after it.
+ * scan starts after it.  *exhausted: it read all there was to read.
  *
  * The scan walks the primary key indexes itself rather than asking the
  * planner: a queue table's statistics are always stale (it was empty at
@@ -360,7 +363,7 @@ send_next(KpScanSource *src, KpReportBuffer *buf, size_t *bytes)
  */
 int64
 kp_outbox_send_round(int64 after_id, int max_messages, KpReportBuffer *buf,
-					 bool *queue_full, bool *held_back)
+					 bool *queue_full, bool *held_back, bool *exhausted)
 {
 	KpScanSource outbox;
 	KpScanSource batch;
@@ -374,6 +377,7 @@ kp_outbox_send_round(int64 after_id, int max_messages, KpReportBuffer *buf,
 
 	*queue_full = false;
 	*held_back = false;
+	*exhausted = false;
 	max_messages = Min(max_messages, KP_ROUND_MESSAGES);
 	source_open(&outbox, false, after_id);
 	source_open(&batch, true, after_id);
@@ -401,12 +405,20 @@ kp_outbox_send_round(int64 after_id, int max_messages, KpReportBuffer *buf,
 		last_id = id;
 		src->next++;
 	}
+	*exhausted = src == NULL;
 
 	source_close(&outbox);
 	source_close(&batch);
 	MemoryContextDelete(message_context);
 	return last_id;
 }
+
+/*
+ * Rows the worker deleted from the queue tables, and from kafka.delivered,
+ * since it last vacuumed them.
+ */
+static int64 queue_rows_deleted = 0;
+static int64 delivered_rows_deleted = 0;
 
 static void
 execute_plan(SPIPlanPtr plan, Datum *args, int expected)
@@ -824,6 +836,7 @@ record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
 		kp_shmem_request_rescan(first_id);
 		return;
 	}
+	queue_rows_deleted++;
 	msg.topic = row->tts_values[BATCH_TOPIC];
 	msg.attempts = 0;
 	msg.enqueued_at = row->tts_values[BATCH_ENQUEUED_AT];
@@ -990,6 +1003,7 @@ record_delivered(KpReportBuffer *buf, int count)
 			kp_shmem_request_rescan(report->id);
 			continue;
 		}
+		queue_rows_deleted++;
 		msg.topic = outbox_row->tts_values[OUTBOX_TOPIC];
 		msg.key = outbox_row->tts_values[OUTBOX_KEY];
 		msg.key_isnull = outbox_row->tts_isnull[OUTBOX_KEY];
@@ -1080,7 +1094,6 @@ kp_outbox_record(KpReportBuffer *buf)
 
 	/* this may be a second try after an error */
 	move_count = 0;
-	kp_recorded_offsets_forget();
 	for (int i = 0; i < buf->count; i++)
 		buf->reports[i].held = buf->reports[i].done_with_batch = false;
 	record_batches(buf);
@@ -1124,4 +1137,82 @@ kp_outbox_prune(void)
 				 1, argtypes);
 	args[0] = Int32GetDatum(kp_status_retention);
 	execute_plan(prune_plan, args, SPI_OK_DELETE);
+	delivered_rows_deleted += SPI_processed;
+}
+
+/*
+ * Whether the tables the worker deletes from are due a VACUUM of its own:
+ * once it deleted KP_VACUUM_MIN_ROWS rows from them, or a fifth of the
+ * backlog if that is more, for a VACUUM scans every index page.
+ * Autovacuum looks at a table once a minute at best (autovacuum_naptime),
+ * and in a minute of 8 sessions committing 3 messages a transaction
+ * kafka.outbox gathered 150,000 dead rows, through which each of the
+ * worker's scans walks: the sessions' throughput fell by a quarter in a
+ * minute.
+ */
+bool
+kp_outbox_vacuum_due(int64 backlog)
+{
+	int64		threshold = Max(KP_VACUUM_MIN_ROWS, backlog / 5);
+
+	return queue_rows_deleted >= threshold || delivered_rows_deleted >= threshold;
+}
+
+/*
+ * vacuum() commits the transaction it is called in: relations, and the
+ * context it makes in PortalContext, must be in portal, which outlives it.
+ * After an error PortalContext stays there, a context still valid.
+ */
+static void
+vacuum_in(MemoryContext portal, List *relations)
+{
+	VacuumParams params = {
+		.options = VACOPT_VACUUM | VACOPT_SKIP_LOCKED,
+		.freeze_min_age = -1,
+		.freeze_table_age = -1,
+		.multixact_freeze_min_age = -1,
+		.multixact_freeze_table_age = -1,
+		.log_min_duration = -1,
+		.index_cleanup = VACOPTVALUE_UNSPECIFIED,
+		.truncate = VACOPTVALUE_UNSPECIFIED,
+		.nworkers = -1,
+	};
+
+	PortalContext = portal;
+	vacuum(relations, &params, NULL, true);
+	PortalContext = NULL;
+}
+
+/*
+ * VACUUMs the tables due, outside any transaction, as autovacuum does;
+ * a table someone else holds locked is skipped.  The rows deleted so far
+ * count as vacuumed even if this fails: autovacuum remains.
+ */
+void
+kp_outbox_vacuum(void)
+{
+	static MemoryContext portal = NULL;
+	List	   *relations = NIL;
+	MemoryContext outer;
+
+	if (portal == NULL)
+		portal = AllocSetContextCreate(TopMemoryContext, "kafka_producer vacuum",
+									   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(portal);
+	StartTransactionCommand();
+	outer = MemoryContextSwitchTo(portal);
+	if (queue_rows_deleted > 0)
+	{
+		relations = lappend(relations,
+							makeVacuumRelation(NULL, kp_relation_oid("outbox"), NIL));
+		relations = lappend(relations,
+							makeVacuumRelation(NULL, kp_relation_oid("outbox_batch"), NIL));
+	}
+	if (delivered_rows_deleted > 0)
+		relations = lappend(relations,
+							makeVacuumRelation(NULL, kp_relation_oid("delivered"), NIL));
+	MemoryContextSwitchTo(outer);
+	queue_rows_deleted = delivered_rows_deleted = 0;
+	vacuum_in(portal, relations);
+	CommitTransactionCommand();
 }

@@ -453,6 +453,12 @@ kp_producer_idempotence(void)
 
 /* kafka.message_timeout_ms, with 0 (no limit) as the largest wait */
 int
+kp_producer_linger_ms(void)
+{
+	return kp_linger_ms;
+}
+
+int
 kp_producer_message_timeout_ms(void)
 {
 	return kp_message_timeout_ms == 0 ? INT_MAX : kp_message_timeout_ms;

@@ -52,6 +52,33 @@ def health(pg, column):
     return pg.scalar(f"SELECT {column} FROM kafka.health")
 
 
+def test_worker_vacuums_the_queue_tables(pg):
+    """With autovacuum off for them, the worker VACUUMs kafka.outbox and
+    kafka.outbox_batch itself once it has deleted 20,000 of their rows:
+    their dead rows do not pile up between autovacuum's visits."""
+    tables = "('outbox', 'outbox_batch')"
+    for table in ("outbox", "outbox_batch"):
+        pg.query(f"ALTER TABLE kafka.{table} SET (autovacuum_enabled = false)")
+    try:
+        before = pg.query(f"SELECT relname, vacuum_count FROM pg_stat_user_tables "
+                          f"WHERE schemaname = 'kafka' AND relname IN {tables} ORDER BY 1")
+        # with headers, a message is a kafka.outbox row of its own
+        pg.query("SELECT count(kafka_send('ops_vacuum', i::text, headers => '{\"h\": \"1\"}')) "
+                 "FROM generate_series(1, 25000) i")
+        pg.wait_until_final("ops_vacuum")
+
+        def vacuumed():
+            after = pg.query(f"SELECT relname, vacuum_count FROM pg_stat_user_tables "
+                             f"WHERE schemaname = 'kafka' AND relname IN {tables} ORDER BY 1")
+            return all(a[1] > b[1] for a, b in zip(after, before))
+        wait_until(vacuumed, 30, what="the worker to vacuum the queue tables")
+        assert pg.scalar("SELECT n_dead_tup FROM pg_stat_user_tables "
+                         "WHERE schemaname = 'kafka' AND relname = 'outbox'") < 20000
+    finally:
+        for table in ("outbox", "outbox_batch"):
+            pg.query(f"ALTER TABLE kafka.{table} RESET (autovacuum_enabled)")
+
+
 def test_bounded_backlog_through_an_outage(pg, kafka, settings):
     """kafka.max_pending_messages = 3000 with every broker down: kafka_send
     in transactions of 100 warns past 80 % and fails cleanly once the
