@@ -21,7 +21,9 @@ CREATE SEQUENCE kafka.message_id_seq;
  * VACUUM leaves its emptied pages in place (vacuum_truncate): the next
  * messages reuse them rather than extend the file a page at a time, and
  * VACUUM never takes the ACCESS EXCLUSIVE lock that truncating would, which
- * would hold up every session enqueueing meanwhile.
+ * would hold up every session enqueueing meanwhile.  The worker VACUUMs the
+ * queue tables itself as it deletes their rows, and lets them shrink once
+ * the queue has been empty for ten seconds.
  */
 CREATE TABLE kafka.outbox (
 	id bigint PRIMARY KEY,

@@ -151,7 +151,7 @@ extern int64 kp_outbox_send_round(int64 after_id, int max_messages,
 								  bool *held_back, bool *exhausted);
 extern void kp_outbox_record(KpReportBuffer *buf);
 extern void kp_outbox_prune(void);
-extern bool kp_outbox_vacuum_due(int64 backlog);
-extern void kp_outbox_vacuum(void);
+extern bool kp_outbox_vacuum_due(int64 backlog, bool idle);
+extern void kp_outbox_vacuum(bool truncate);
 
 #endif							/* KP_DELIVERY_H */

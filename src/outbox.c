@@ -414,11 +414,14 @@ kp_outbox_send_round(int64 after_id, int max_messages, KpReportBuffer *buf,
 }
 
 /*
- * Rows the worker deleted from the queue tables, and from kafka.delivered,
- * since it last vacuumed them.
+ * Messages the worker deleted from the queue tables (a batch row of many
+ * is most of a page), and rows from kafka.delivered, since it last
+ * vacuumed them.
  */
-static int64 queue_rows_deleted = 0;
+static int64 queue_messages_deleted = 0;
 static int64 delivered_rows_deleted = 0;
+/* whether it deleted any since its last VACUUM that let them shrink */
+static bool shrinkable = false;
 
 static void
 execute_plan(SPIPlanPtr plan, Datum *args, int expected)
@@ -836,7 +839,7 @@ record_batch_row(KpRecording *rec, int64 first_id, KpReport **by, int count,
 		kp_shmem_request_rescan(first_id);
 		return;
 	}
-	queue_rows_deleted++;
+	queue_messages_deleted += count;
 	msg.topic = row->tts_values[BATCH_TOPIC];
 	msg.attempts = 0;
 	msg.enqueued_at = row->tts_values[BATCH_ENQUEUED_AT];
@@ -1003,7 +1006,7 @@ record_delivered(KpReportBuffer *buf, int count)
 			kp_shmem_request_rescan(report->id);
 			continue;
 		}
-		queue_rows_deleted++;
+		queue_messages_deleted++;
 		msg.topic = outbox_row->tts_values[OUTBOX_TOPIC];
 		msg.key = outbox_row->tts_values[OUTBOX_KEY];
 		msg.key_isnull = outbox_row->tts_isnull[OUTBOX_KEY];
@@ -1142,8 +1145,9 @@ kp_outbox_prune(void)
 
 /*
  * Whether the tables the worker deletes from are due a VACUUM of its own:
- * once it deleted KP_VACUUM_MIN_ROWS rows from them, or a fifth of the
- * backlog if that is more, for a VACUUM scans every index page.
+ * once it deleted KP_VACUUM_MIN_ROWS messages or rows from them, or a
+ * fifth of the backlog if that is more, for a VACUUM scans every index
+ * page; or anything, once the queue is idle.
  * Autovacuum looks at a table once a minute at best (autovacuum_naptime),
  * and in a minute of 8 sessions committing 3 messages a transaction
  * kafka.outbox gathered 150,000 dead rows, through which each of the
@@ -1151,11 +1155,14 @@ kp_outbox_prune(void)
  * minute.
  */
 bool
-kp_outbox_vacuum_due(int64 backlog)
+kp_outbox_vacuum_due(int64 backlog, bool idle)
 {
 	int64		threshold = Max(KP_VACUUM_MIN_ROWS, backlog / 5);
 
-	return queue_rows_deleted >= threshold || delivered_rows_deleted >= threshold;
+	if (queue_messages_deleted > 0 || delivered_rows_deleted > 0)
+		shrinkable = true;
+	return (idle && shrinkable) ||
+		queue_messages_deleted >= threshold || delivered_rows_deleted >= threshold;
 }
 
 /*
@@ -1164,7 +1171,7 @@ kp_outbox_vacuum_due(int64 backlog)
  * After an error PortalContext stays there, a context still valid.
  */
 static void
-vacuum_in(MemoryContext portal, List *relations)
+vacuum_in(MemoryContext portal, List *relations, bool truncate)
 {
 	VacuumParams params = {
 		.options = VACOPT_VACUUM | VACOPT_SKIP_LOCKED,
@@ -1174,7 +1181,7 @@ vacuum_in(MemoryContext portal, List *relations)
 		.multixact_freeze_table_age = -1,
 		.log_min_duration = -1,
 		.index_cleanup = VACOPTVALUE_UNSPECIFIED,
-		.truncate = VACOPTVALUE_UNSPECIFIED,
+		.truncate = truncate ? VACOPTVALUE_ENABLED : VACOPTVALUE_UNSPECIFIED,
 		.nworkers = -1,
 	};
 
@@ -1186,10 +1193,14 @@ vacuum_in(MemoryContext portal, List *relations)
 /*
  * VACUUMs the tables due, outside any transaction, as autovacuum does;
  * a table someone else holds locked is skipped.  The rows deleted so far
- * count as vacuumed even if this fails: autovacuum remains.
+ * count as vacuumed even if this fails: autovacuum remains.  With
+ * truncate, the queue tables give their empty end pages back to the
+ * system too, which they otherwise keep (vacuum_truncate = false): the
+ * caller knows the queue idle, and so no session held up by the lock that
+ * takes, which VACUUM only takes if it is free.
  */
 void
-kp_outbox_vacuum(void)
+kp_outbox_vacuum(bool truncate)
 {
 	static MemoryContext portal = NULL;
 	List	   *relations = NIL;
@@ -1201,18 +1212,20 @@ kp_outbox_vacuum(void)
 	MemoryContextReset(portal);
 	StartTransactionCommand();
 	outer = MemoryContextSwitchTo(portal);
-	if (queue_rows_deleted > 0)
+	if (queue_messages_deleted > 0 || truncate)
 	{
 		relations = lappend(relations,
 							makeVacuumRelation(NULL, kp_relation_oid("outbox"), NIL));
 		relations = lappend(relations,
 							makeVacuumRelation(NULL, kp_relation_oid("outbox_batch"), NIL));
 	}
-	if (delivered_rows_deleted > 0)
+	if (delivered_rows_deleted > 0 || truncate)
 		relations = lappend(relations,
 							makeVacuumRelation(NULL, kp_relation_oid("delivered"), NIL));
 	MemoryContextSwitchTo(outer);
-	queue_rows_deleted = delivered_rows_deleted = 0;
-	vacuum_in(portal, relations);
+	queue_messages_deleted = delivered_rows_deleted = 0;
+	if (truncate)
+		shrinkable = false;
+	vacuum_in(portal, relations, truncate);
 	CommitTransactionCommand();
 }

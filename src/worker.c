@@ -58,6 +58,8 @@ PGDLLEXPORT void kafka_producer_worker_main(Datum main_arg);
 
 /* the least time between two VACUUMs of the worker's (kp_outbox_vacuum) */
 #define KP_VACUUM_INTERVAL_MS 1000
+/* how long the queue must be empty for the worker's VACUUM to shrink it */
+#define KP_QUEUE_IDLE_MS 10000
 
 /* the most that rounds of sending and of recording are spaced by */
 #define KP_MAX_SPACING_MS 5
@@ -721,24 +723,30 @@ reload_settings(void)
 static TimestampTz last_round_at = 0;
 static bool last_round_more = false;
 static TimestampTz last_vacuum_at = 0;
+static TimestampTz last_busy_at = 0;
 
+/* Whether a VACUUM is due; *idle: the queue has been empty a while. */
 static bool
-vacuum_due(void)
+vacuum_due(bool *idle)
 {
+	TimestampTz now = GetCurrentTimestamp();
 	int64		messages;
 	int64		bytes;
 
 	kp_backlog_read(&messages, &bytes);
-	return kp_outbox_vacuum_due(messages) &&
-		TimestampDifferenceExceeds(last_vacuum_at, GetCurrentTimestamp(),
-								   KP_VACUUM_INTERVAL_MS);
+	if (messages > 0)
+		last_busy_at = now;
+	*idle = TimestampDifferenceExceeds(last_busy_at, now, KP_QUEUE_IDLE_MS);
+	return kp_outbox_vacuum_due(messages, *idle) &&
+		TimestampDifferenceExceeds(last_vacuum_at, now, KP_VACUUM_INTERVAL_MS);
 }
 
+/* *arg: whether the queue is idle, and may shrink */
 static void
 vacuum_step(void *arg)
 {
 	pgstat_report_activity(STATE_RUNNING, "vacuuming the queue tables");
-	kp_outbox_vacuum();
+	kp_outbox_vacuum(*(bool *) arg);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -756,6 +764,7 @@ deliver(MemoryContext loop_context)
 	while (!ShutdownRequestPending)
 	{
 		bool		more;
+		bool		idle;
 		long		until_round;
 
 		/* transactions leave CurrentMemoryContext at TopMemoryContext */
@@ -787,10 +796,10 @@ deliver(MemoryContext loop_context)
 			start_producer();
 			continue;
 		}
-		if (vacuum_due())
+		if (vacuum_due(&idle))
 		{
 			last_vacuum_at = GetCurrentTimestamp();
-			run_guarded(vacuum_step, NULL);
+			run_guarded(vacuum_step, &idle);
 		}
 		if (kp_registry_in_flight())
 			run_guarded(poll_registry_step, NULL);
