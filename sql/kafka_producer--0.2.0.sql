@@ -22,8 +22,8 @@ CREATE SEQUENCE kafka.message_id_seq;
  * messages reuse them rather than extend the file a page at a time, and
  * VACUUM never takes the ACCESS EXCLUSIVE lock that truncating would, which
  * would hold up every session enqueueing meanwhile.  The worker VACUUMs the
- * queue tables itself as it deletes their rows, and lets them shrink once
- * the queue has been empty for ten seconds.
+ * queue tables itself as it deletes their rows, and only once the queue has
+ * been empty for ten seconds lets them shrink, taking that lock if free.
  */
 CREATE TABLE kafka.outbox (
 	id bigint PRIMARY KEY,

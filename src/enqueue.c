@@ -78,6 +78,7 @@ typedef struct KpBufferedMessage
 	SubTransactionId subid;
 	Oid			enqueued_by;
 	int64		id;				/* 0 until assign_buffered_ids() */
+	bool		counted;		/* in the backlog already (note_written) */
 	text	   *topic;			/* the three in the same allocation */
 	bytea	   *key;			/* NULL: no key */
 	bytea	   *value;			/* NULL: a tombstone */
@@ -85,6 +86,15 @@ typedef struct KpBufferedMessage
 
 /* in TopTransactionContext */
 static List *buffered = NIL;
+
+/*
+ * What the current subtransaction added to buffered since it was last
+ * written: what waits for outer ones cannot be written until they are
+ * current again, and must not make every message of an inner one be
+ * written alone.
+ */
+static SubTransactionId buffered_subid = InvalidSubTransactionId;
+static int	buffered_count = 0;
 static Size buffered_bytes = 0;
 
 /* past this many bytes waiting, they are written before the statement ends */
@@ -228,6 +238,7 @@ enqueue_xact_callback(XactEvent event, void *arg)
 	{
 		/* they lived in TopTransactionContext */
 		buffered = NIL;
+		buffered_count = 0;
 		buffered_bytes = 0;
 		forget_written();
 	}
@@ -431,6 +442,8 @@ kp_enqueue(KpNewMessage *msg)
 	if (msg->headers == NULL && msg->partition == KP_PARTITION_ANY)
 	{
 		check_enqueue(msg);
+		/* refused here past the backlog's limit, as the caller expects */
+		note_written(1, payload_bytes(msg->key, msg->value));
 		if (buffered != NIL)
 			assign_buffered_ids();
 		id = kp_next_message_id();
@@ -489,14 +502,22 @@ buffer_message(KpNewMessage *msg, int64 id)
 	buffered_msg->subid = GetCurrentSubTransactionId();
 	buffered_msg->enqueued_by = GetUserId();
 	buffered_msg->id = id;
+	buffered_msg->counted = id != 0;
 	buffered_msg->topic = copy_bytes(msg->topic, &space);
 	buffered_msg->key = msg->key ? copy_bytes(msg->key, &space) : NULL;
 	buffered_msg->value = msg->value ? copy_bytes(msg->value, &space) : NULL;
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	buffered = lappend(buffered, buffered_msg);
 	MemoryContextSwitchTo(old);
+	if (buffered_subid != buffered_msg->subid)
+	{
+		buffered_subid = buffered_msg->subid;
+		buffered_count = 0;
+		buffered_bytes = 0;
+	}
+	buffered_count++;
 	buffered_bytes += size;
-	if (list_length(buffered) >= KP_WRITE_CHUNK || buffered_bytes >= KP_BUFFERED_BYTES)
+	if (buffered_count >= KP_WRITE_CHUNK || buffered_bytes >= KP_BUFFERED_BYTES)
 		kp_enqueue_flush();
 }
 
@@ -691,11 +712,18 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 	TimestampTz now = GetCurrentTimestamp();
 	int			first = 0;
 	Size		bytes = 0;
+	int64		uncounted = 0;
 	int64		payload = 0;
 
 	for (int i = 0; i < count; i++)
+	{
+		if (msgs[i]->counted)
+			continue;
+		uncounted++;
 		payload += payload_bytes(msgs[i]->key, msgs[i]->value);
-	note_written(count, payload);
+	}
+	if (uncounted > 0)
+		note_written(uncounted, payload);
 	for (int i = 0; i < count; i++)
 	{
 		bytes += batch_row_share(msgs[i]);
@@ -746,6 +774,7 @@ kp_enqueue_flush(void)
 	pfree(msgs);
 	list_free(buffered);
 	buffered = kept;
+	buffered_count = 0;
 	buffered_bytes = 0;
 }
 

@@ -56,6 +56,7 @@
 /* a round of sending ends after this many messages or bytes, whichever first */
 #define KP_ROUND_MESSAGES 10000
 #define KP_VACUUM_MIN_ROWS 20000
+#define KP_VACUUM_MAX_BACKLOG 1000000
 #define KP_ROUND_BYTES (32 * 1024 * 1024)
 
 static SPIPlanPtr failed_plan = NULL;
@@ -1147,7 +1148,8 @@ kp_outbox_prune(void)
  * Whether the tables the worker deletes from are due a VACUUM of its own:
  * once it deleted KP_VACUUM_MIN_ROWS messages or rows from them, or a
  * fifth of the backlog if that is more, for a VACUUM scans every index
- * page; or anything, once the queue is idle.
+ * page, while the backlog is small enough for a VACUUM to be quick; or
+ * anything, once the queue is idle.
  * Autovacuum looks at a table once a minute at best (autovacuum_naptime),
  * and in a minute of 8 sessions committing 3 messages a transaction
  * kafka.outbox gathered 150,000 dead rows, through which each of the
@@ -1161,20 +1163,26 @@ kp_outbox_vacuum_due(int64 backlog, bool idle)
 
 	if (queue_messages_deleted > 0 || delivered_rows_deleted > 0)
 		shrinkable = true;
-	return (idle && shrinkable) ||
-		queue_messages_deleted >= threshold || delivered_rows_deleted >= threshold;
+	if (idle)
+		return shrinkable;
+	/* a VACUUM would hold up delivery too long: autovacuum's, then */
+	if (backlog > KP_VACUUM_MAX_BACKLOG)
+		return false;
+	return queue_messages_deleted >= threshold || delivered_rows_deleted >= threshold;
 }
 
 /*
- * vacuum() commits the transaction it is called in: relations, and the
- * context it makes in PortalContext, must be in portal, which outlives it.
- * After an error PortalContext stays there, a context still valid.
+ * VACUUMs kafka.<name>, outside any transaction, as autovacuum does; if
+ * someone else holds it locked, it is skipped.  vacuum() commits the
+ * transaction it is called in: the table's entry, and the context it makes
+ * in PortalContext, must be in portal, which outlives it.  After an error
+ * PortalContext stays there, a context still valid.
  */
 static void
-vacuum_in(MemoryContext portal, List *relations, bool truncate)
+vacuum_table(MemoryContext portal, const char *name, bool truncate)
 {
 	VacuumParams params = {
-		.options = VACOPT_VACUUM | VACOPT_SKIP_LOCKED,
+		.options = VACOPT_VACUUM | VACOPT_SKIP_LOCKED | VACOPT_PROCESS_TOAST,
 		.freeze_min_age = -1,
 		.freeze_table_age = -1,
 		.multixact_freeze_min_age = -1,
@@ -1184,48 +1192,46 @@ vacuum_in(MemoryContext portal, List *relations, bool truncate)
 		.truncate = truncate ? VACOPTVALUE_ENABLED : VACOPTVALUE_UNSPECIFIED,
 		.nworkers = -1,
 	};
+	List	   *relations;
+	MemoryContext outer;
 
+	MemoryContextReset(portal);
+	StartTransactionCommand();
+	outer = MemoryContextSwitchTo(portal);
+	relations = list_make1(makeVacuumRelation(NULL, kp_relation_oid(name), NIL));
+	MemoryContextSwitchTo(outer);
 	PortalContext = portal;
 	vacuum(relations, &params, NULL, true);
 	PortalContext = NULL;
+	CommitTransactionCommand();
 }
 
 /*
- * VACUUMs the tables due, outside any transaction, as autovacuum does;
- * a table someone else holds locked is skipped.  The rows deleted so far
- * count as vacuumed even if this fails: autovacuum remains.  With
- * truncate, the queue tables give their empty end pages back to the
- * system too, which they otherwise keep (vacuum_truncate = false): the
- * caller knows the queue idle, and so no session held up by the lock that
- * takes, which VACUUM only takes if it is free.
+ * VACUUMs the tables due.  The rows deleted so far count as vacuumed even
+ * if this fails: autovacuum remains.  With truncate, the queue tables give
+ * their empty end pages back to the system too, which they otherwise keep
+ * (vacuum_truncate = false): the caller knows the queue idle, and so no
+ * session held up by the lock that takes, which VACUUM only takes if free.
  */
 void
 kp_outbox_vacuum(bool truncate)
 {
 	static MemoryContext portal = NULL;
-	List	   *relations = NIL;
-	MemoryContext outer;
+	bool		queue = queue_messages_deleted > 0 || truncate;
+	bool		delivered = delivered_rows_deleted > 0 || truncate;
 
 	if (portal == NULL)
 		portal = AllocSetContextCreate(TopMemoryContext, "kafka_producer vacuum",
 									   ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(portal);
-	StartTransactionCommand();
-	outer = MemoryContextSwitchTo(portal);
-	if (queue_messages_deleted > 0 || truncate)
-	{
-		relations = lappend(relations,
-							makeVacuumRelation(NULL, kp_relation_oid("outbox"), NIL));
-		relations = lappend(relations,
-							makeVacuumRelation(NULL, kp_relation_oid("outbox_batch"), NIL));
-	}
-	if (delivered_rows_deleted > 0 || truncate)
-		relations = lappend(relations,
-							makeVacuumRelation(NULL, kp_relation_oid("delivered"), NIL));
-	MemoryContextSwitchTo(outer);
 	queue_messages_deleted = delivered_rows_deleted = 0;
 	if (truncate)
 		shrinkable = false;
-	vacuum_in(portal, relations, truncate);
-	CommitTransactionCommand();
+	/* one at a time: vacuum() makes each table's options those of the next */
+	if (queue)
+	{
+		vacuum_table(portal, "outbox", truncate);
+		vacuum_table(portal, "outbox_batch", truncate);
+	}
+	if (delivered)
+		vacuum_table(portal, "delivered", truncate);
 }

@@ -352,10 +352,12 @@ static long
 ms_until_spaced(TimestampTz since)
 {
 	long		spacing = Min(kp_producer_linger_ms(), KP_MAX_SPACING_MS);
+	TimestampTz now = GetCurrentTimestamp();
 
-	if (spacing == 0)
+	/* a clock set back must not hold rounds back until it catches up */
+	if (spacing == 0 || now < since)
 		return 0;
-	return Max(spacing - TimestampDifferenceMilliseconds(since, GetCurrentTimestamp()), 0);
+	return Max(spacing - TimestampDifferenceMilliseconds(since, now), 0);
 }
 
 static TimestampTz last_record_at = 0;
@@ -796,7 +798,7 @@ deliver(MemoryContext loop_context)
 			start_producer();
 			continue;
 		}
-		if (vacuum_due(&idle))
+		if (vacuum_due(&idle) && !ShutdownRequestPending)
 		{
 			last_vacuum_at = GetCurrentTimestamp();
 			run_guarded(vacuum_step, &idle);
