@@ -127,10 +127,17 @@ def kcat_produce(bootstrap, topic, path):
                     "-X", "compression.type=none", path], check=True)
 
 
+def paired_ratio(ours, base):
+    """The median of the rounds' ratios: each round's two figures were
+    measured moments apart, so a machine whose speed drifts moves both."""
+    return statistics.median(o / b for o, b in zip(ours, base))
+
+
 def row(name, ours, base, unit="s"):
     ratio = statistics.median(ours) / statistics.median(base)
     print(f"{name:<34} {statistics.median(ours):8.3f} {unit}  vs {statistics.median(base):8.3f} {unit}"
-          f"   ratio {ratio:5.2f}x   (ours {min(ours):.3f}..{max(ours):.3f})")
+          f"   ratio {ratio:5.2f}x, paired {paired_ratio(ours, base):5.2f}x   "
+          f"(ours {min(ours):.3f}..{max(ours):.3f}, baseline {min(base):.3f}..{max(base):.3f})")
 
 
 def main():
@@ -200,7 +207,8 @@ def main():
         row("drain: to delivered vs kcat", drains, kcats)
         print(f"{'drain throughput':<34} {N / statistics.median(drains):8.0f} msg/s vs "
               f"{N / statistics.median(kcats):8.0f} msg/s (kcat)  = "
-              f"{statistics.median(kcats) / statistics.median(drains):.2f}x kcat's")
+              f"{statistics.median(kcats) / statistics.median(drains):.2f}x kcat's, paired "
+              f"{1 / paired_ratio(drains, kcats):.2f}x")
         print(f"{'drain: id header vs none':<34} {statistics.median(drains):8.3f} s  vs "
               f"{statistics.median(bare_drains):8.3f} s  = the header costs "
               f"{100 * (1 - statistics.median(bare_drains) / statistics.median(drains)):.1f} % "
