@@ -328,11 +328,14 @@ typedef struct KpIndexes
 	int			count;
 	Relation   *indexes;
 	struct IndexInfo **infos;
+	bool	   *page_extremes;	/* see kp_indexes_insert_chunk() */
 } KpIndexes;
 
 extern void kp_indexes_open(Relation rel, KpIndexes *indexes);
 extern void kp_indexes_insert(KpIndexes *indexes, Relation rel,
 							  ItemPointer tid, Datum *values, bool *nulls);
+extern void kp_indexes_insert_chunk(KpIndexes *indexes, Relation rel,
+									struct TupleTableSlot **slots, int count);
 extern void kp_indexes_close(KpIndexes *indexes);
 extern void kp_insert_row(Relation rel, KpIndexes *indexes, Datum *values,
 						  bool *nulls, ItemPointer tid);

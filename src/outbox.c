@@ -531,14 +531,11 @@ chunk_flush(KpChunkWriter *writer)
 	table_multi_insert(writer->rel, writer->slots, writer->count, writer->cid,
 					   0, NULL);
 	for (int i = 0; i < writer->count; i++)
-	{
-		TupleTableSlot *slot = writer->slots[i];
-
-		slot_getallattrs(slot);
-		kp_indexes_insert(&writer->indexes, writer->rel, &slot->tts_tid,
-						  slot->tts_values, slot->tts_isnull);
-		ExecClearTuple(slot);
-	}
+		slot_getallattrs(writer->slots[i]);
+	kp_indexes_insert_chunk(&writer->indexes, writer->rel, writer->slots,
+							writer->count);
+	for (int i = 0; i < writer->count; i++)
+		ExecClearTuple(writer->slots[i]);
 	writer->count = 0;
 }
 

@@ -14,12 +14,16 @@
  */
 #include "postgres.h"
 
+#include "access/brin_internal.h"
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "catalog/index.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
@@ -171,6 +175,28 @@ kp_outbox_batch_open(LOCKMODE lockmode)
 	return kp_table_open("outbox_batch", batch_columns, BATCH_NATTS, lockmode);
 }
 
+/*
+ * Whether index is a BRIN index of minmax operator classes over 64-bit
+ * integers and timestamps: a block range's summary is then the least and
+ * greatest value of each column, and the tuples of a heap page that hold
+ * those give it the summary all of the page's tuples would.
+ */
+static bool
+is_int64_minmax_brin(Relation index)
+{
+	if (index->rd_rel->relam != BRIN_AM_OID)
+		return false;
+	for (int k = 0; k < IndexRelationGetNumberOfKeyAttributes(index); k++)
+	{
+		Oid			type = TupleDescAttr(RelationGetDescr(index), k)->atttypid;
+
+		if ((type != INT8OID && type != TIMESTAMPTZOID) ||
+			index_getprocid(index, k + 1, BRIN_PROCNUM_OPCINFO) != F_BRIN_MINMAX_OPCINFO)
+			return false;
+	}
+	return true;
+}
+
 void
 kp_indexes_open(Relation rel, KpIndexes *indexes)
 {
@@ -181,6 +207,7 @@ kp_indexes_open(Relation rel, KpIndexes *indexes)
 	indexes->count = list_length(oids);
 	indexes->indexes = palloc(indexes->count * sizeof(Relation));
 	indexes->infos = palloc(indexes->count * sizeof(IndexInfo *));
+	indexes->page_extremes = palloc(indexes->count * sizeof(bool));
 	foreach(lc, oids)
 	{
 		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
@@ -196,9 +223,31 @@ kp_indexes_open(Relation rel, KpIndexes *indexes)
 					 errhint("Drop the index.")));
 		indexes->indexes[i] = index;
 		indexes->infos[i] = info;
+		indexes->page_extremes[i] = is_int64_minmax_brin(index);
 		i++;
 	}
 	list_free(oids);
+}
+
+/* Adds the heap tuple at tid, whose columns are values, to index i. */
+static void
+index_insert_one(KpIndexes *indexes, int i, Relation rel, ItemPointer tid,
+				 Datum *values, bool *nulls)
+{
+	IndexInfo  *info = indexes->infos[i];
+	Datum		index_values[INDEX_MAX_KEYS];
+	bool		index_nulls[INDEX_MAX_KEYS];
+
+	for (int k = 0; k < info->ii_NumIndexAttrs; k++)
+	{
+		AttrNumber	attnum = info->ii_IndexAttrNumbers[k];
+
+		index_values[k] = values[attnum - 1];
+		index_nulls[k] = nulls[attnum - 1];
+	}
+	index_insert(indexes->indexes[i], index_values, index_nulls, tid, rel,
+				 info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+				 false, info);
 }
 
 /* Adds the heap tuple at tid, whose columns are values, to every index. */
@@ -207,21 +256,85 @@ kp_indexes_insert(KpIndexes *indexes, Relation rel, ItemPointer tid,
 				  Datum *values, bool *nulls)
 {
 	for (int i = 0; i < indexes->count; i++)
+		index_insert_one(indexes, i, rel, tid, values, nulls);
+}
+
+/*
+ * Adds to page_extremes index i the tuples slots[0 .. count - 1] of one
+ * heap page that hold the least or greatest value of a column, or its
+ * first NULL, and the page's first tuple, whose insertion may ask for the
+ * previous block range to be summarized (autosummarize).
+ */
+static void
+index_insert_page_extremes(KpIndexes *indexes, int i, Relation rel,
+						   TupleTableSlot **slots, int count)
+{
+	IndexInfo  *info = indexes->infos[i];
+	bool	   *chosen = palloc0(count * sizeof(bool));
+
+	for (int k = 0; k < info->ii_NumIndexAttrs; k++)
 	{
-		IndexInfo  *info = indexes->infos[i];
-		Datum		index_values[INDEX_MAX_KEYS];
-		bool		index_nulls[INDEX_MAX_KEYS];
+		int			column = info->ii_IndexAttrNumbers[k] - 1;
+		int			least = -1;
+		int			greatest = -1;
+		int			null = -1;
 
-		for (int k = 0; k < info->ii_NumIndexAttrs; k++)
+		for (int j = 0; j < count; j++)
 		{
-			AttrNumber	attnum = info->ii_IndexAttrNumbers[k];
+			int64		value = DatumGetInt64(slots[j]->tts_values[column]);
 
-			index_values[k] = values[attnum - 1];
-			index_nulls[k] = nulls[attnum - 1];
+			if (slots[j]->tts_isnull[column])
+				null = null < 0 ? j : null;
+			else if (least < 0)
+				least = greatest = j;
+			else if (value < DatumGetInt64(slots[least]->tts_values[column]))
+				least = j;
+			else if (value > DatumGetInt64(slots[greatest]->tts_values[column]))
+				greatest = j;
 		}
-		index_insert(indexes->indexes[i], index_values, index_nulls, tid, rel,
-					 info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
+		if (least >= 0)
+			chosen[least] = chosen[greatest] = true;
+		if (null >= 0)
+			chosen[null] = true;
+	}
+	for (int j = 0; j < count; j++)
+		if (chosen[j] || ItemPointerGetOffsetNumber(&slots[j]->tts_tid) == FirstOffsetNumber)
+			index_insert_one(indexes, i, rel, &slots[j]->tts_tid,
+							 slots[j]->tts_values, slots[j]->tts_isnull);
+	pfree(chosen);
+}
+
+/*
+ * Adds the heap tuples in slots[0 .. count - 1], just written and with all
+ * their columns in the slots, to every index.  A minmax BRIN index over
+ * 64-bit values gets only each heap page's extremes: the same summaries,
+ * and kafka.delivered's BRIN took a seventh of the worker's time when
+ * every delivery record went in (PostgreSQL 15 reads the index's metapage
+ * for each).
+ */
+void
+kp_indexes_insert_chunk(KpIndexes *indexes, Relation rel,
+						TupleTableSlot **slots, int count)
+{
+	for (int i = 0; i < indexes->count; i++)
+	{
+		int			first = 0;
+
+		if (!indexes->page_extremes[i])
+		{
+			for (int j = 0; j < count; j++)
+				index_insert_one(indexes, i, rel, &slots[j]->tts_tid,
+								 slots[j]->tts_values, slots[j]->tts_isnull);
+			continue;
+		}
+		for (int j = 1; j <= count; j++)
+		{
+			if (j < count && ItemPointerGetBlockNumber(&slots[j]->tts_tid) ==
+				ItemPointerGetBlockNumber(&slots[first]->tts_tid))
+				continue;
+			index_insert_page_extremes(indexes, i, rel, slots + first, j - first);
+			first = j;
+		}
 	}
 }
 

@@ -429,6 +429,41 @@ def test_database_created_after_start(kafka):
         cluster.destroy()
 
 
+def test_delivery_records_found_by_id_in_summarized_ranges(pg):
+    """kafka.delivered's BRIN index gets only the rows holding each heap
+    page's least and greatest values: delivery records written into block
+    ranges already summarized, in space that deleted records left, are
+    still found through it."""
+    def send(n):
+        first = pg.scalar("SELECT min(kafka_send('brin_pages', 'v', key => i::text)) "
+                          "FROM generate_series(1, %s) i", (n,))
+        pg.wait_until_final("brin_pages")
+        return first
+    send(20000)
+    pg.query("SELECT brin_summarize_new_values('kafka.delivered_brin')")
+    summarized_pages = pg.scalar("SELECT pg_relation_size('kafka.delivered') / 8192")
+    pg.query("DELETE FROM kafka.delivered WHERE topic = 'brin_pages' AND id % 2 = 0")
+    pg.query("VACUUM kafka.delivered")
+    first_new = send(10000)
+    assert pg.scalar("SELECT count(*) FROM kafka.delivered WHERE id >= %s "
+                     "AND (ctid::text::point)[0] < %s", (first_new, summarized_pages)) > 1000, \
+        "the new records should reuse the summarized pages"
+    conn = pg.connect()
+    try:
+        cur = conn.cursor()
+        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"):
+            cur.execute(f"SET {setting} = off")
+        # each new id looked up on its own, through the index
+        lookup = ("SELECT count(*) FROM generate_series(%s::bigint, %s) g "
+                  "JOIN kafka.delivered d ON d.id = g")
+        cur.execute("EXPLAIN " + lookup, (first_new, first_new + 9999))
+        assert "delivered_brin" in " ".join(r[0] for r in cur.fetchall())
+        cur.execute(lookup, (first_new, first_new + 9999))
+        assert cur.fetchone()[0] == 10000
+    finally:
+        conn.close()
+
+
 def test_outbox_rewritten_while_in_flight(pg, kafka):
     """VACUUM FULL moves the rows of messages already handed to librdkafka:
     their deliveries are still recorded, each message once (every old
