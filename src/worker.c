@@ -342,16 +342,19 @@ copy_report(KpReportBuffer *buf, KpReport *report)
  * much for one message as for a hundred (a transaction, the scans of both
  * queue tables, a commit): measured with 8 sessions sending 3 messages a
  * transaction, the worker took 36% of a core, 48 us per message.  So a
- * round that follows one which did all there was to do waits until
- * kafka.linger_ms (at most KP_MAX_SPACING_MS) has passed since that one
- * began: messages wait up to that much longer to be sent, as they wait
- * for linger.ms in librdkafka to be sent with others, and their outcomes
- * to be written.  With linger 0 nothing waits.
+ * round that follows one which did all there was to do waits until half
+ * of kafka.linger_ms (at most KP_MAX_SPACING_MS) has passed since that
+ * one began: messages wait up to that much longer to be sent, as they
+ * wait for linger.ms in librdkafka to be sent with others, and their
+ * outcomes to be written.  With the whole of linger.ms, p50 latency at
+ * 1,000 messages a second was 8.2 ms instead of 5.4; with half, the
+ * worker took a sixth more CPU under many small transactions.  With
+ * linger 0 nothing waits.
  */
 static long
 ms_until_spaced(TimestampTz since)
 {
-	long		spacing = Min(kp_producer_linger_ms(), KP_MAX_SPACING_MS);
+	long		spacing = Min(kp_producer_linger_ms() / 2, KP_MAX_SPACING_MS);
 	TimestampTz now = GetCurrentTimestamp();
 
 	/* a clock set back must not hold rounds back until it catches up */
