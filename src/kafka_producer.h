@@ -323,6 +323,8 @@ extern void kp_begin_as_owner(KpSavedUser *saved);
 extern void kp_end_as_owner(KpSavedUser *saved);
 
 /* the indexes of a table written with heap functions, not the executor */
+struct TupleTableSlot;
+
 typedef struct KpIndexes
 {
 	int			count;
