@@ -381,22 +381,6 @@ kp_next_message_id(void)
 	return id;
 }
 
-static int64
-insert_outbox_row(Datum *values, bool *nulls)
-{
-	Relation	rel = kp_outbox_open(RowExclusiveLock);
-	KpIndexes	indexes;
-	int64		id;
-
-	id = kp_next_message_id();
-	values[OUTBOX_ID] = Int64GetDatum(id);
-	kp_indexes_open(rel, &indexes);
-	kp_insert_row(rel, &indexes, values, nulls, NULL);
-	kp_indexes_close(&indexes);
-	table_close(rel, NoLock);
-	return id;
-}
-
 /* Whether msg may be enqueued here and now. */
 static void
 check_enqueue(KpNewMessage *msg)
@@ -407,12 +391,43 @@ check_enqueue(KpNewMessage *msg)
 	kp_message_check(msg);
 }
 
-/* Checks msg and fills the columns of its outbox row, but its id. */
-static void
-outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
+/* a queue table, opened when first written to */
+typedef struct KpLazyTable
 {
-	check_enqueue(msg);
-	memset(nulls, false, OUTBOX_NATTS * sizeof(bool));
+	Relation	(*open) (LOCKMODE lockmode);
+	Relation	rel;
+	KpIndexes	indexes;
+} KpLazyTable;
+
+static Relation
+lazy_table(KpLazyTable *table)
+{
+	if (table->rel == NULL)
+	{
+		table->rel = table->open(RowExclusiveLock);
+		kp_indexes_open(table->rel, &table->indexes);
+	}
+	return table->rel;
+}
+
+static void
+lazy_table_close(KpLazyTable *table)
+{
+	if (table->rel == NULL)
+		return;
+	kp_indexes_close(&table->indexes);
+	table_close(table->rel, NoLock);
+}
+
+/* Writes msg, with id, as a kafka.outbox row. */
+static void
+insert_outbox_row(KpLazyTable *outbox, KpNewMessage *msg, int64 id,
+				  TimestampTz enqueued_at, Oid enqueued_by)
+{
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS] = {false};
+
+	values[OUTBOX_ID] = Int64GetDatum(id);
 	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
 	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
 	nulls[OUTBOX_KEY] = msg->key == NULL;
@@ -424,39 +439,38 @@ outbox_columns(KpNewMessage *msg, Datum *values, bool *nulls)
 	nulls[OUTBOX_PARTITION] = msg->partition == KP_PARTITION_ANY;
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	nulls[OUTBOX_LAST_ERROR] = true;
-	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[OUTBOX_ENQUEUED_BY] = ObjectIdGetDatum(GetUserId());
+	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
+	values[OUTBOX_ENQUEUED_BY] = ObjectIdGetDatum(enqueued_by);
+	kp_insert_row(lazy_table(outbox), &outbox->indexes, values, nulls, NULL);
 }
 
 /*
  * Enqueues a message in the current transaction: the worker delivers it
- * once the transaction commits.  Returns its id.
+ * once the transaction commits.  Returns its id.  With headers or a
+ * partition it is a kafka.outbox row at once; otherwise it waits to share
+ * a kafka.outbox_batch row with the statement's others.
  */
 int64
 kp_enqueue(KpNewMessage *msg)
 {
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
 	int64		id;
 
-	if (msg->headers == NULL && msg->partition == KP_PARTITION_ANY)
-	{
-		check_enqueue(msg);
-		/* refused here past the backlog's limit, as the caller expects */
-		note_written(1, payload_bytes(msg->key, msg->value));
-		if (buffered != NIL)
-			assign_buffered_ids();
-		id = kp_next_message_id();
-		kp_enqueue_wake_at_commit(id);
-		buffer_message(msg, id);
-		return id;
-	}
-	outbox_columns(msg, values, nulls);
+	check_enqueue(msg);
+	/* refused here past the backlog's limit, even if written later */
+	note_written(1, payload_bytes(msg->key, msg->value));
 	if (buffered != NIL)
 		assign_buffered_ids();
-	note_written(1, payload_bytes(msg->key, msg->value));
-	id = insert_outbox_row(values, nulls);
+	id = kp_next_message_id();
 	kp_enqueue_wake_at_commit(id);
+	if (msg->headers == NULL && msg->partition == KP_PARTITION_ANY)
+		buffer_message(msg, id);
+	else
+	{
+		KpLazyTable outbox = {.open = kp_outbox_open};
+
+		insert_outbox_row(&outbox, msg, id, GetCurrentTimestamp(), GetUserId());
+		lazy_table_close(&outbox);
+	}
 	return id;
 }
 
@@ -606,34 +620,6 @@ bytea_array(KpBufferedMessage **msgs, int count, bool keys)
 	return PointerGetDatum(array);
 }
 
-/* a queue table, opened when first written to */
-typedef struct KpLazyTable
-{
-	Relation	(*open) (LOCKMODE lockmode);
-	Relation	rel;
-	KpIndexes	indexes;
-} KpLazyTable;
-
-static Relation
-lazy_table(KpLazyTable *table)
-{
-	if (table->rel == NULL)
-	{
-		table->rel = table->open(RowExclusiveLock);
-		kp_indexes_open(table->rel, &table->indexes);
-	}
-	return table->rel;
-}
-
-static void
-lazy_table_close(KpLazyTable *table)
-{
-	if (table->rel == NULL)
-		return;
-	kp_indexes_close(&table->indexes);
-	table_close(table->rel, NoLock);
-}
-
 /*
  * Writes the row holding msgs[0 .. count - 1].  A row at a time, not with
  * table_multi_insert: a row fills most of a page, and a thousand of them
@@ -667,20 +653,14 @@ static void
 insert_single_row(KpLazyTable *outbox, TimestampTz enqueued_at,
 				  KpBufferedMessage *msg)
 {
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS] = {false};
+	KpNewMessage single = {
+		.topic = msg->topic,
+		.key = msg->key,
+		.value = msg->value,
+		.partition = KP_PARTITION_ANY,
+	};
 
-	values[OUTBOX_ID] = Int64GetDatum(msg->id);
-	values[OUTBOX_TOPIC] = PointerGetDatum(msg->topic);
-	values[OUTBOX_KEY] = PointerGetDatum(msg->key);
-	nulls[OUTBOX_KEY] = msg->key == NULL;
-	values[OUTBOX_VALUE] = PointerGetDatum(msg->value);
-	nulls[OUTBOX_VALUE] = msg->value == NULL;
-	nulls[OUTBOX_HEADERS] = nulls[OUTBOX_PARTITION] = nulls[OUTBOX_LAST_ERROR] = true;
-	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
-	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
-	values[OUTBOX_ENQUEUED_BY] = ObjectIdGetDatum(msg->enqueued_by);
-	kp_insert_row(lazy_table(outbox), &outbox->indexes, values, nulls, NULL);
+	insert_outbox_row(outbox, &single, msg->id, enqueued_at, msg->enqueued_by);
 }
 
 /*

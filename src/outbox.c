@@ -55,9 +55,11 @@
 
 /* a round of sending ends after this many messages or bytes, whichever first */
 #define KP_ROUND_MESSAGES 10000
+#define KP_ROUND_BYTES (32 * 1024 * 1024)
+
+/* see kp_outbox_vacuum_due() */
 #define KP_VACUUM_MIN_ROWS 20000
 #define KP_VACUUM_MAX_BACKLOG 1000000
-#define KP_ROUND_BYTES (32 * 1024 * 1024)
 
 static SPIPlanPtr failed_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;

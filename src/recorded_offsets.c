@@ -174,12 +174,12 @@ kp_recorded_offsets_save(void)
 	Datum	   *offsets;
 	int			n = 0;
 	int			rc;
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (mark_count == 0 ||
-		!TimestampDifferenceExceeds(last_save_at, GetCurrentTimestamp(),
-									KP_SAVE_INTERVAL_MS))
+		!TimestampDifferenceExceeds(last_save_at, now, KP_SAVE_INTERVAL_MS))
 		return;
-	last_save_at = GetCurrentTimestamp();
+	last_save_at = now;
 	saved_in_step = true;
 	if (!kp_recorded_offsets_present())
 		return;

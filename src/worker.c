@@ -374,8 +374,9 @@ ms_until_record(void)
 
 /*
  * Writes the buffered reports when they are due or all is true, and
- * kafka_send_sync()'s outcomes when they are.  Once the reports are committed their messages
- * leave the in-flight set; any that must be sent again starts a rewind.
+ * kafka_send_sync()'s outcomes when they are.  Once the reports are
+ * committed their messages leave the in-flight set; any that must be sent
+ * again starts a rewind.
  * With nothing to write, no transaction is started.
  */
 static bool
