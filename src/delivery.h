@@ -39,6 +39,8 @@ typedef struct KpReport
 	int32		partition;
 	int64		offset;			/* -1 when the broker gave none (acks=0) */
 	rd_kafka_resp_err_t err;
+	TimestampTz received_at;	/* when the worker took it from librdkafka,
+								 * or found it in Kafka */
 	/* for a failure of our own, not Kafka's: what err would say */
 	const char *error_name;
 	const char *error_text;
@@ -54,6 +56,7 @@ typedef struct KpReportBuffer
 	int			count;
 	int			capacity;
 	MemoryContext texts;		/* the reports' error_name and error_text */
+	TimestampTz now;			/* received_at of the reports added next */
 } KpReportBuffer;
 
 /* which version of a kafka.outbox row was read, and where */

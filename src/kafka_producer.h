@@ -104,6 +104,7 @@ typedef struct KpSharedState
 									 * scan position */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
+	pg_atomic_uint32 outcome_waiters;	/* sessions in kafka_wait() */
 	pg_atomic_uint64 generations[KP_NUM_GENERATIONS];
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
 	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */
@@ -153,6 +154,7 @@ extern void kp_shmem_set_last_error(const char *error);
 extern void kp_shmem_counters_json(StringInfo json);
 extern uint64 kp_shmem_outcome_generation(void);
 extern bool kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline);
+extern bool kp_shmem_outcomes_awaited(void);
 
 /* backlog.c: what waits for Kafka, and its limit */
 extern void kp_backlog_init(void);

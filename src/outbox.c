@@ -614,8 +614,7 @@ delivered_writer_add(KpChunkWriter *writer, KpDeliveredMessage *msg,
 	nulls[DELIVERED_OFFSET] = report->offset < 0;
 	values[DELIVERED_ATTEMPTS] = Int32GetDatum(msg->attempts + 1);
 	values[DELIVERED_ENQUEUED_AT] = msg->enqueued_at;
-	values[DELIVERED_AT] =
-		TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[DELIVERED_AT] = TimestampTzGetDatum(report->received_at);
 	values[DELIVERED_ENQUEUED_BY] = msg->enqueued_by;
 	nulls[DELIVERED_ENQUEUED_BY] = msg->enqueued_by_isnull;
 	kp_recorded_offsets_note(msg->topic, report->partition, report->offset);

@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "delivery.h"
 
@@ -127,6 +128,7 @@ kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 	report->partition = partition;
 	report->offset = offset;
 	report->err = err;
+	report->received_at = buf->now;
 	report->error_name = NULL;
 	report->error_text = NULL;
 	report->held = false;
@@ -391,6 +393,8 @@ add_report(const rd_kafka_message_t *msg, void *arg)
 static bool
 drain_events(KpReportBuffer *buf)
 {
+	/* one clock reading for all: they arrived within the last round */
+	buf->now = GetCurrentTimestamp();
 	return kp_kafka_drain(main_queue, add_report, buf);
 }
 
@@ -596,6 +600,7 @@ kp_producer_found(KpMessage *msg, KpReportBuffer *buf, int32 partition,
 				  int64 offset)
 {
 	track_in_flight(msg);
+	buf->now = GetCurrentTimestamp();
 	kp_report_add(buf, msg->id, KP_DELIVERED, partition, offset,
 				  RD_KAFKA_RESP_ERR_NO_ERROR);
 	kp_shmem_count(KP_COUNT_RECONCILED, 1);

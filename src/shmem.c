@@ -150,6 +150,7 @@ init_slot(KpDatabaseSlot *slot)
 	SpinLockInit(&state->mutex);
 	pg_atomic_init_u64(&state->rescan_from, PG_UINT64_MAX);
 	pg_atomic_init_u64(&state->outcome_generation, 0);
+	pg_atomic_init_u32(&state->outcome_waiters, 0);
 	for (int i = 0; i < KP_NUM_GENERATIONS; i++)
 		pg_atomic_init_u64(&state->generations[i], 0);
 	for (int i = 0; i < KP_NUM_COUNTERS; i++)
@@ -690,7 +691,8 @@ kp_shmem_outcome_generation(void)
 
 /*
  * Sleeps until the worker records outcomes after generation was read, or
- * until deadline.  Returns false when the deadline passed.
+ * until deadline.  Returns false when the deadline passed.  While it
+ * sleeps, the worker writes outcomes down without delay.
  */
 bool
 kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
@@ -698,22 +700,39 @@ kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 	KpSharedState *shared = state();
 	bool		recorded = true;
 
-	ConditionVariablePrepareToSleep(&shared->outcomes_recorded);
-	while (pg_atomic_read_u64(&shared->outcome_generation) == generation)
+	pg_atomic_fetch_add_u32(&shared->outcome_waiters, 1);
+	kp_shmem_wake_worker();
+	PG_TRY();
 	{
-		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-																deadline);
-
-		if (remaining <= 0 ||
-			ConditionVariableTimedSleep(&shared->outcomes_recorded, remaining,
-										PG_WAIT_EXTENSION))
+		ConditionVariablePrepareToSleep(&shared->outcomes_recorded);
+		while (pg_atomic_read_u64(&shared->outcome_generation) == generation)
 		{
-			recorded = pg_atomic_read_u64(&shared->outcome_generation) != generation;
-			break;
+			long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																	deadline);
+
+			if (remaining <= 0 ||
+				ConditionVariableTimedSleep(&shared->outcomes_recorded, remaining,
+											PG_WAIT_EXTENSION))
+			{
+				recorded = pg_atomic_read_u64(&shared->outcome_generation) != generation;
+				break;
+			}
 		}
+		ConditionVariableCancelSleep();
 	}
-	ConditionVariableCancelSleep();
+	PG_FINALLY();
+	{
+		pg_atomic_fetch_sub_u32(&shared->outcome_waiters, 1);
+	}
+	PG_END_TRY();
 	return recorded;
+}
+
+/* Worker side: whether a session sleeps in kp_shmem_wait_for_outcomes(). */
+bool
+kp_shmem_outcomes_awaited(void)
+{
+	return pg_atomic_read_u32(&kp_shared->outcome_waiters) > 0;
 }
 
 void
