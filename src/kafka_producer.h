@@ -104,7 +104,8 @@ typedef struct KpSharedState
 									 * scan position */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
-	pg_atomic_uint32 outcome_waiters;	/* sessions in kafka_wait() */
+	pg_atomic_uint32 outcome_waiters;	/* sessions in kafka_wait(),
+										 * kafka_flush() */
 	pg_atomic_uint64 generations[KP_NUM_GENERATIONS];
 	pg_atomic_uint64 counters[KP_NUM_COUNTERS];
 	char		last_error[KP_LAST_ERROR_LEN];	/* protected by mutex */

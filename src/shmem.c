@@ -689,10 +689,18 @@ kp_shmem_outcome_generation(void)
 	return pg_atomic_read_u64(&state()->outcome_generation);
 }
 
+static void
+stop_waiting_for_outcomes(int code, Datum arg)
+{
+	KpSharedState *shared = (KpSharedState *) DatumGetPointer(arg);
+
+	pg_atomic_fetch_sub_u32(&shared->outcome_waiters, 1);
+}
+
 /*
  * Sleeps until the worker records outcomes after generation was read, or
  * until deadline.  Returns false when the deadline passed.  While it
- * sleeps, the worker writes outcomes down without delay.
+ * sleeps, the worker writes outcomes down at its quickest pace.
  */
 bool
 kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
@@ -700,10 +708,12 @@ kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 	KpSharedState *shared = state();
 	bool		recorded = true;
 
-	pg_atomic_fetch_add_u32(&shared->outcome_waiters, 1);
-	kp_shmem_wake_worker();
-	PG_TRY();
+	/* also on FATAL: a count left behind would keep the worker hurrying */
+	PG_ENSURE_ERROR_CLEANUP(stop_waiting_for_outcomes, PointerGetDatum(shared));
 	{
+		/* the first waiter wakes the worker, which may sleep until later */
+		if (pg_atomic_fetch_add_u32(&shared->outcome_waiters, 1) == 0)
+			kp_shmem_wake_worker();
 		ConditionVariablePrepareToSleep(&shared->outcomes_recorded);
 		while (pg_atomic_read_u64(&shared->outcome_generation) == generation)
 		{
@@ -720,11 +730,8 @@ kp_shmem_wait_for_outcomes(uint64 generation, TimestampTz deadline)
 		}
 		ConditionVariableCancelSleep();
 	}
-	PG_FINALLY();
-	{
-		pg_atomic_fetch_sub_u32(&shared->outcome_waiters, 1);
-	}
-	PG_END_TRY();
+	PG_END_ENSURE_ERROR_CLEANUP(stop_waiting_for_outcomes, PointerGetDatum(shared));
+	stop_waiting_for_outcomes(0, PointerGetDatum(shared));
 	return recorded;
 }
 
