@@ -57,6 +57,7 @@ typedef struct KpReportBuffer
 	int			capacity;
 	MemoryContext texts;		/* the reports' error_name and error_text */
 	TimestampTz now;			/* received_at of the reports added next */
+	int			resends;		/* reports of messages to be sent again */
 } KpReportBuffer;
 
 /* which version of a kafka.outbox row was read, and where */

@@ -129,6 +129,8 @@ kp_report_add(KpReportBuffer *buf, int64 id, KpOutcome outcome,
 	report->offset = offset;
 	report->err = err;
 	report->received_at = buf->now;
+	if (outcome == KP_RETRIABLE || outcome == KP_RETURNED)
+		buf->resends++;
 	report->error_name = NULL;
 	report->error_text = NULL;
 	report->held = false;
@@ -157,6 +159,7 @@ void
 kp_report_clear(KpReportBuffer *buf)
 {
 	buf->count = 0;
+	buf->resends = 0;
 	if (buf->texts != NULL)
 		MemoryContextReset(buf->texts);
 }

@@ -417,11 +417,14 @@ static TimestampTz last_record_at = 0;
  * status in kafka.messages.  Unless a session waits, rounds of recording
  * are KP_RECORD_SPACING_MS apart: under 8 sessions committing 3 messages
  * a transaction that took a sixth off the worker's CPU per message.
+ * A message to be sent again is due at once: until its report is written
+ * and the rewind begins, a round could send a later message of its key
+ * ahead of it.
  */
 static long
 ms_until_record(void)
 {
-	if (reports.count >= KP_WRITE_CHUNK)
+	if (reports.count >= KP_WRITE_CHUNK || reports.resends > 0)
 		return 0;
 	if (kp_shmem_outcomes_awaited() || kp_commit_wait_pending())
 		return ms_until_spaced(last_record_at);
@@ -438,7 +441,7 @@ ms_until_record(void)
 static bool
 record_reports(bool all)
 {
-	bool		resend = false;
+	bool		resend;
 	int			sync_recorded;
 	KpRecordedTotals totals = {0};
 
@@ -467,9 +470,8 @@ record_reports(bool all)
 			continue;
 		}
 		forget_report(report, &totals);
-		resend |= (report->outcome == KP_RETRIABLE ||
-				   report->outcome == KP_RETURNED);
 	}
+	resend = reports.resends > 0;
 	publish_totals(&totals);
 	if (reports.count > 0)
 		queue_full = false;
