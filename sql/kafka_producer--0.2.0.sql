@@ -825,7 +825,7 @@ CREATE FUNCTION kafka.schema_change_event(tbl regclass, ddl text) RETURNS jsonb
 	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT jsonb_build_object(
-		'source', jsonb_build_object('version', '0.1.0', 'connector', 'postgresql',
+		'source', jsonb_build_object('version', '0.2.0', 'connector', 'postgresql',
 									 'name', current_database(), 'db', current_database(),
 									 'schema', n.nspname, 'table', c.relname,
 									 'ts_ms', (extract(epoch FROM statement_timestamp()) * 1000)::bigint),

@@ -66,7 +66,6 @@ PG_FUNCTION_INFO_V1(kafka_snapshot_now);
 PG_FUNCTION_INFO_V1(kafka_check_publication);
 PG_FUNCTION_INFO_V1(kafka_check_schema_change);
 
-#define KP_SOURCE_VERSION "0.1.0"
 /* what a masked column's value becomes */
 #define KP_MASK_TEXT "****"
 
@@ -294,7 +293,7 @@ prepare_avro(KpPublication *pub, Relation rel)
 	row = kp_avro_row_schema(rel, pub->encoded_desc, pub->published, "Value");
 	pub->avro_value = pub->flat ? kp_avro_flat_schema(rel, row) :
 		kp_avro_envelope_schema(rel, row);
-	pub->avro_source.version = KP_SOURCE_VERSION;
+	pub->avro_source.version = KP_EXTENSION_VERSION;
 	pub->avro_source.name = get_database_name(MyDatabaseId);
 	pub->avro_source.db = pub->avro_source.name;
 	pub->avro_source.schema = get_namespace_name(RelationGetNamespace(rel));
@@ -425,7 +424,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 	appendStringInfo(&source,
 					 "\"version\":\"%s\",\"connector\":\"postgresql\",\"name\":%s,"
 					 "\"db\":%s,\"schema\":%s,\"table\":%s",
-					 KP_SOURCE_VERSION,
+					 KP_EXTENSION_VERSION,
 					 json_string(get_database_name(MyDatabaseId)),
 					 json_string(get_database_name(MyDatabaseId)),
 					 json_string(get_namespace_name(RelationGetNamespace(rel))),
