@@ -410,6 +410,14 @@ ms_until_spaced(TimestampTz since)
 
 static TimestampTz last_record_at = 0;
 
+/* Whether rounds of sending wait until outcomes are written. */
+static bool
+sending_stalled(void)
+{
+	return rewinding || queue_full ||
+		kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT;
+}
+
 /*
  * How long until the reports waiting are due to be written; 0: now.
  * Their delivered_at is when they arrived, so writing them later delays
@@ -419,14 +427,16 @@ static TimestampTz last_record_at = 0;
  * a transaction that took a sixth off the worker's CPU per message.
  * A message to be sent again is due at once: until its report is written
  * and the rewind begins, a round could send a later message of its key
- * ahead of it.
+ * ahead of it.  A worker that cannot send until outcomes are written
+ * waits for them as a session would.
  */
 static long
 ms_until_record(void)
 {
 	if (reports.count >= KP_WRITE_CHUNK || reports.resends > 0)
 		return 0;
-	if (kp_shmem_outcomes_awaited() || kp_commit_wait_pending())
+	if (kp_shmem_outcomes_awaited() || kp_commit_wait_pending() ||
+		sending_stalled())
 		return ms_until_spaced(last_record_at);
 	return ms_until_elapsed(last_record_at, KP_RECORD_SPACING_MS);
 }
@@ -585,8 +595,9 @@ send_pending(void)
 		rewinding = false;
 		scan_after = 0;
 	}
-	if (rewinding || queue_full || !kp_producer_running() ||
-		kp_producer_in_flight_count() >= KP_MAX_IN_FLIGHT)
+	/* a message to be sent again goes before any later one of its key */
+	kp_producer_poll(&reports);
+	if (reports.resends > 0 || !kp_producer_running() || sending_stalled())
 		return false;
 	if (reconcile_needed)
 	{
