@@ -66,6 +66,10 @@ extern char *kp_producer_settings_fingerprint(void);
  * rescan_from is an atomic that kp_shmem_request_rescan lowers (never
  * raises), at commit or for a row that changed in flight, and that the
  * worker swaps back to PG_UINT64_MAX before each scan of the outbox.
+ * round_scheduled is set by the worker while it sleeps until a round of
+ * sending that is due by time: the scan of that round begins after the
+ * worker clears it, so a commit that finds it set need not wake the worker
+ * (kp_shmem_request_rescan).
  * outcome_generation only grows: the worker adds one after each commit of
  * recorded outcomes, then broadcasts outcomes_recorded.  counters are
  * atomics written by the worker only; last_error and last_error_at are
@@ -102,6 +106,7 @@ typedef struct KpSharedState
 	pid_t		worker_pid;
 	pg_atomic_uint64 rescan_from;	/* lowest id committed behind the worker's
 									 * scan position */
+	pg_atomic_uint32 round_scheduled;
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
 	pg_atomic_uint32 outcome_waiters;	/* sessions in kafka_wait(),
@@ -148,6 +153,7 @@ extern uint64 kp_shmem_generation(KpGeneration generation);
 extern void kp_shmem_worker_attach(int index);
 extern void kp_shmem_worker_found_no_extension(void);
 extern int64 kp_shmem_take_rescan_from(void);
+extern void kp_shmem_round_scheduled(bool scheduled);
 extern void kp_shmem_announce_outcomes(void);
 extern void kp_shmem_count(KpCounter counter, uint64 n);
 extern void kp_shmem_set_gauge(KpCounter counter, uint64 value);

@@ -134,6 +134,7 @@ reset_slot(KpDatabaseSlot *slot, Oid database)
 	state->worker_procno = -1;
 	state->worker_pid = 0;
 	pg_atomic_write_u64(&state->rescan_from, PG_UINT64_MAX);
+	pg_atomic_write_u32(&state->round_scheduled, 0);
 	for (int i = 0; i < KP_NUM_COUNTERS; i++)
 		pg_atomic_write_u64(&state->counters[i], 0);
 	state->last_error[0] = '\0';
@@ -149,6 +150,7 @@ init_slot(KpDatabaseSlot *slot)
 
 	SpinLockInit(&state->mutex);
 	pg_atomic_init_u64(&state->rescan_from, PG_UINT64_MAX);
+	pg_atomic_init_u32(&state->round_scheduled, 0);
 	pg_atomic_init_u64(&state->outcome_generation, 0);
 	pg_atomic_init_u32(&state->outcome_waiters, 0);
 	for (int i = 0; i < KP_NUM_GENERATIONS; i++)
@@ -501,7 +503,10 @@ kp_shmem_request_rescan(int64 first_id)
 		   !pg_atomic_compare_exchange_u64(&kp_shared->rescan_from, &current,
 										   (uint64) first_id))
 		;
-	kp_shmem_wake_worker();
+	/* pairs with the barrier of kp_shmem_round_scheduled(false) */
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&kp_shared->round_scheduled) == 0)
+		kp_shmem_wake_worker();
 }
 
 /* Sets the worker's latch; with no worker running, asks for one. */
@@ -609,6 +614,7 @@ kp_shmem_worker_pid(void)
 static void
 kp_shmem_worker_detach(int code, Datum arg)
 {
+	pg_atomic_write_u32(&kp_shared->round_scheduled, 0);
 	SpinLockAcquire(&kp_shared->mutex);
 	kp_shared->worker_procno = -1;
 	kp_shared->worker_pid = 0;
@@ -673,6 +679,21 @@ kp_shmem_take_rescan_from(void)
 											  PG_UINT64_MAX);
 
 	return from > (uint64) PG_INT64_MAX ? PG_INT64_MAX : (int64) from;
+}
+
+/*
+ * The worker says whether it sleeps until a round of sending that is due
+ * by time.  Sessions committing small transactions woke it a thousand
+ * times a second for rounds it would not begin before that time: a fifth
+ * of its CPU under 8 sessions.  The exchange is a full barrier: a session
+ * that lowered rescan_from and then found the flag set (it reads it after
+ * a barrier too) did so before the worker cleared it, so the worker's
+ * next kp_shmem_take_rescan_from sees that session's position.
+ */
+void
+kp_shmem_round_scheduled(bool scheduled)
+{
+	pg_atomic_exchange_u32(&kp_shared->round_scheduled, scheduled ? 1 : 0);
 }
 
 /* Called by the worker after committing a batch of outcomes. */

@@ -895,7 +895,10 @@ deliver(MemoryContext loop_context)
 				timeout = Min(timeout, until_round);
 			if (reports.count > 0)
 				timeout = Min(timeout, ms_until_record());
+			/* that round scans what commits meanwhile: no need to wake us */
+			kp_shmem_round_scheduled(until_round > 0);
 			wait_for_events(timeout);
+			kp_shmem_round_scheduled(false);
 		}
 	}
 }
