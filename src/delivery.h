@@ -108,6 +108,7 @@ extern bool kp_kafka_is_our_database(const char *name, size_t len);
 extern rd_kafka_headers_t *kp_kafka_identity_headers(rd_kafka_headers_t *headers,
 													 int64 id);
 extern bool kp_producer_start(void);
+extern uint64 kp_producer_generation(void);
 extern void kp_producer_stop(KpReportBuffer *buf);
 extern bool kp_producer_running(void);
 extern int	kp_producer_wakeup_fd(void);

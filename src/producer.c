@@ -273,6 +273,8 @@ kp_kafka_destroy(rd_kafka_t *rk, rd_kafka_queue_t *queue, HTAB **topics)
 	rd_kafka_destroy(rk);
 }
 
+static uint64 producers_started = 0;
+
 bool
 kp_producer_start(void)
 {
@@ -280,7 +282,19 @@ kp_producer_start(void)
 	if (in_flight == NULL)
 		in_flight = in_flight_create(TopMemoryContext, 65536, NULL);
 	producer = kp_kafka_new(-1, true, &main_queue);
+	producers_started++;
 	return producer != NULL;
+}
+
+/*
+ * How many producers were started, including the rebuilds after a fatal
+ * error: before a new one sends, the worker looks in Kafka for what an
+ * earlier one may have sent without the worker hearing of it.
+ */
+uint64
+kp_producer_generation(void)
+{
+	return producers_started;
 }
 
 bool
@@ -408,7 +422,7 @@ kp_producer_poll(KpReportBuffer *buf)
 		return;
 	ereport(LOG,
 			(errmsg("rebuilding the Kafka producer after a fatal error"),
-			 errdetail("Messages in flight are sent again; some may be duplicated.")));
+			 errdetail("Messages in flight are sent again, except those found in Kafka.")));
 	kp_producer_stop(buf);
 	kp_producer_start();
 }

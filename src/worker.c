@@ -503,7 +503,8 @@ answer_commit_waits_step(void *arg)
 	end_transaction();
 }
 
-static bool reconcile_needed = false;
+/* the producer generation the last reconciliation was done for */
+static uint64 reconciled_generation = 0;
 
 /* *arg: whether Kafka could be read, and the reconciliation is done */
 static void
@@ -599,11 +600,12 @@ send_pending(void)
 	kp_producer_poll(&reports);
 	if (reports.resends > 0 || !kp_producer_running() || sending_stalled())
 		return false;
-	if (reconcile_needed)
+	/* a new producer: an earlier one may have sent what was never recorded */
+	if (reconciled_generation != kp_producer_generation())
 	{
 		if (!run_guarded(reconcile_step, &reconciled) || !reconciled)
 			return false;
-		reconcile_needed = false;
+		reconciled_generation = kp_producer_generation();
 	}
 
 	/* taken before the scan's snapshot: see kp_shmem_request_rescan */
@@ -766,8 +768,6 @@ start_producer(void)
 		pfree(producer_fingerprint);
 	producer_fingerprint = MemoryContextStrdup(TopMemoryContext, fingerprint);
 	kp_producer_start();
-	/* an earlier producer may have sent what was never recorded */
-	reconcile_needed = true;
 }
 
 /*

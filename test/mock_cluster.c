@@ -8,6 +8,9 @@
  *
  *		down BROKER_ID | up BROKER_ID | rtt BROKER_ID MS
  *		produce_errors ERROR_NAME COUNT		next COUNT Produce requests fail
+ *		broker_produce_error BROKER_ID ERROR_NAME MS
+ *								the broker's next Produce request fails,
+ *								answered MS later
  *		clear_errors
  *		topic_error TOPIC ERROR_NAME		in metadata responses
  *		create TOPIC PARTITIONS REPLICATION_FACTOR
@@ -79,6 +82,16 @@ run_command(rd_kafka_mock_cluster_t *cluster, char *line)
 		rd_kafka_mock_push_request_errors_array(cluster, PRODUCE_API_KEY,
 												(size_t) n1, errors);
 		free(errors);
+	}
+	else if (strcmp(word, "broker_produce_error") == 0 &&
+			 sscanf(line, "%*s %ld %63s %ld", &n1, arg2, &n2) == 3)
+	{
+		if (!error_by_name(arg2, &err))
+			return "error: unknown error name";
+		result = rd_kafka_mock_broker_push_request_error_rtts(cluster,
+															  (int32_t) n1,
+															  PRODUCE_API_KEY,
+															  1, err, (int) n2);
 	}
 	else if (strcmp(word, "clear_errors") == 0)
 		rd_kafka_mock_clear_request_errors(cluster, PRODUCE_API_KEY);
