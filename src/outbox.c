@@ -1039,37 +1039,48 @@ record_delivered(KpReportBuffer *buf, int count)
 /*
  * Permanent failures, and transient ones that used up kafka.max_attempts,
  * move to kafka.failed with their payload; other transient failures stay
- * pending with the attempt counted and the error shown.
+ * pending with the attempt counted and the error shown.  Only the row
+ * version that was sent is: one UPDATEd in flight is a message not sent
+ * yet, which the rescan asked for here finds.
  */
 static void
 record_failures(KpReportBuffer *buf, int count)
 {
-	Oid			argtypes[] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	BOOLARRAYOID, INT4OID};
+	Oid			argtypes[] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, BOOLARRAYOID, INT4OID};
 	Datum	   *ids = palloc(count * sizeof(Datum));
+	Datum	   *xmins = palloc(count * sizeof(Datum));
 	Datum	   *codes = palloc(count * sizeof(Datum));
 	Datum	   *texts = palloc(count * sizeof(Datum));
 	Datum	   *permanent = palloc(count * sizeof(Datum));
-	Datum		args[5];
+	Datum		args[6];
 	int			n = 0;
+	int64		lowest = PG_INT64_MAX;
 
 	for (int i = 0; i < buf->count; i++)
 	{
 		KpReport   *r = &buf->reports[i];
+		KpRowVersion sent;
 
 		if ((r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE) ||
 			r->done_with_batch)
 			continue;
 		ids[n] = Int64GetDatum(r->id);
+		/* no xid is negative: an unknown version matches no row */
+		xmins[n] = Int64GetDatum(kp_producer_outbox_row(r->id, &sent) ?
+								 (int64) sent.xmin : -1);
 		codes[n] = CStringGetTextDatum(kp_report_error_name(r));
 		texts[n] = CStringGetTextDatum(kp_report_error_text(r));
 		permanent[n] = BoolGetDatum(r->outcome == KP_FAILED);
+		lowest = Min(lowest, r->id);
 		n++;
 	}
 	prepare_once(&failed_plan,
-				 "WITH r AS (SELECT * FROM unnest($1, $2, $3, $4) AS r(id, code, msg, permanent)), "
+				 "WITH r AS (SELECT * FROM unnest($1, $2, $3, $4, $5) "
+				 "    AS r(id, xmin, code, msg, permanent)), "
 				 "gone AS (DELETE FROM kafka.outbox o USING r WHERE o.id = r.id "
-				 "    AND (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5)) "
+				 "    AND o.xmin::text::bigint = r.xmin "
+				 "    AND (r.permanent OR ($6 > 0 AND o.attempts + 1 >= $6)) "
 				 "  RETURNING o.id, o.topic, o.key, o.value, o.headers, o.\"partition\", "
 				 "    o.attempts + 1, r.code, r.msg, o.enqueued_at, now(), o.enqueued_by), "
 				 "failed AS (INSERT INTO kafka.failed "
@@ -1078,16 +1089,18 @@ record_failures(KpReportBuffer *buf, int count)
 				 "  SELECT * FROM gone RETURNING id), "
 				 "retried AS (UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
 				 "  last_error = r.code || ': ' || r.msg "
-				 "  FROM r WHERE o.id = r.id "
-				 "  AND NOT (r.permanent OR ($5 > 0 AND o.attempts + 1 >= $5))) "
+				 "  FROM r WHERE o.id = r.id AND o.xmin::text::bigint = r.xmin "
+				 "  AND NOT (r.permanent OR ($6 > 0 AND o.attempts + 1 >= $6))) "
 				 "SELECT id FROM failed",
-				 5, argtypes);
+				 6, argtypes);
 	args[0] = kp_datum_array(ids, n, INT8OID);
-	args[1] = kp_datum_array(codes, n, TEXTOID);
-	args[2] = kp_datum_array(texts, n, TEXTOID);
-	args[3] = kp_datum_array(permanent, n, BOOLOID);
-	args[4] = Int32GetDatum(kp_max_attempts);
+	args[1] = kp_datum_array(xmins, n, INT8OID);
+	args[2] = kp_datum_array(codes, n, TEXTOID);
+	args[3] = kp_datum_array(texts, n, TEXTOID);
+	args[4] = kp_datum_array(permanent, n, BOOLOID);
+	args[5] = Int32GetDatum(kp_max_attempts);
 	execute_plan(failed_plan, args, SPI_OK_SELECT);
+	kp_shmem_request_rescan(lowest);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;

@@ -464,6 +464,34 @@ def test_delivery_records_found_by_id_in_summarized_ranges(pg):
         conn.close()
 
 
+def test_message_changed_while_its_send_fails(pg, kafka):
+    """Kafka refuses a message for good while its row is UPDATEd: the
+    refusal concerns the version that was sent, so the new version is sent
+    and delivered, not moved to kafka.failed unsent."""
+    def refused():
+        return pg.scalar("SELECT (kafka_stats()->'kafka_producer'->>'failed')::int")
+
+    refused_before = refused()
+    for broker in (1, 2, 3):
+        kafka.command(f"rtt {broker} 1000")
+    try:
+        kafka.command("produce_errors MSG_SIZE_TOO_LARGE 1")
+        sent = pg.scalar("SELECT kafka_send('changed_in_flight', 'first', "
+                         "headers => '{\"h\": \"1\"}')")
+        wait_until(lambda: pg.scalar("SELECT (kafka_stats()->'kafka_producer'->>'in_flight')::int")
+                   == 1, 30, what="the message to be in flight")
+        pg.query("UPDATE kafka.outbox SET value = 'changed' WHERE id = %s", (sent,))
+        wait_until(lambda: refused() == refused_before + 1, 30,
+                   what="the refusal to be recorded")
+    finally:
+        for broker in (1, 2, 3):
+            kafka.command(f"rtt {broker} 0")
+        kafka.command("clear_errors")
+    assert pg.wait_until_final("changed_in_flight") == {"delivered": 1}
+    assert [r.value for r in consume_all(kafka.bootstrap, "changed_in_flight")] == [b"changed"]
+    assert pg.scalar("SELECT count(*) FROM kafka.failed WHERE id = %s", (sent,)) == 0
+
+
 def test_outbox_rewritten_while_in_flight(pg, kafka):
     """VACUUM FULL moves the rows of messages already handed to librdkafka:
     their deliveries are still recorded, each message once (every old
