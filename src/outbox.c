@@ -1037,11 +1037,47 @@ record_delivered(KpReportBuffer *buf, int count)
 }
 
 /*
+ * The raw xmin of the kafka.outbox row version that a report on in-flight
+ * message id concerns; -1, which no row has, if unknown.  A message sent
+ * from a batch row was moved to a row of its own by this step
+ * (record_batch_row) before its failure is recorded.
+ */
+static int64
+reported_row_xmin(int64 id)
+{
+	KpRowVersion sent;
+
+	if (!kp_producer_outbox_row(id, &sent))
+		return -1;
+	if (sent.batch_first_id != 0)
+		return (int64) GetCurrentTransactionId();
+	return (int64) sent.xmin;
+}
+
+/* Puts the ids that the failure SQL moved to kafka.failed in ids. */
+static int
+failed_ids(Datum *ids)
+{
+	int			failed = 0;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
+									   SPI_tuptable->tupdesc, 2, &isnull)))
+			ids[failed++] = SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+	}
+	return failed;
+}
+
+/*
  * Permanent failures, and transient ones that used up kafka.max_attempts,
  * move to kafka.failed with their payload; other transient failures stay
  * pending with the attempt counted and the error shown.  Only the row
  * version that was sent is: one UPDATEd in flight is a message not sent
- * yet, which the rescan asked for here finds.
+ * yet, which a rescan then finds.
  */
 static void
 record_failures(KpReportBuffer *buf, int count)
@@ -1060,15 +1096,12 @@ record_failures(KpReportBuffer *buf, int count)
 	for (int i = 0; i < buf->count; i++)
 	{
 		KpReport   *r = &buf->reports[i];
-		KpRowVersion sent;
 
 		if ((r->outcome != KP_FAILED && r->outcome != KP_RETRIABLE) ||
 			r->done_with_batch)
 			continue;
 		ids[n] = Int64GetDatum(r->id);
-		/* no xid is negative: an unknown version matches no row */
-		xmins[n] = Int64GetDatum(kp_producer_outbox_row(r->id, &sent) ?
-								 (int64) sent.xmin : -1);
+		xmins[n] = Int64GetDatum(reported_row_xmin(r->id));
 		codes[n] = CStringGetTextDatum(kp_report_error_name(r));
 		texts[n] = CStringGetTextDatum(kp_report_error_text(r));
 		permanent[n] = BoolGetDatum(r->outcome == KP_FAILED);
@@ -1090,8 +1123,9 @@ record_failures(KpReportBuffer *buf, int count)
 				 "retried AS (UPDATE kafka.outbox o SET attempts = o.attempts + 1, "
 				 "  last_error = r.code || ': ' || r.msg "
 				 "  FROM r WHERE o.id = r.id AND o.xmin::text::bigint = r.xmin "
-				 "  AND NOT (r.permanent OR ($6 > 0 AND o.attempts + 1 >= $6))) "
-				 "SELECT id FROM failed",
+				 "  AND NOT (r.permanent OR ($6 > 0 AND o.attempts + 1 >= $6)) "
+				 "  RETURNING o.id) "
+				 "SELECT id, true FROM failed UNION ALL SELECT id, false FROM retried",
 				 6, argtypes);
 	args[0] = kp_datum_array(ids, n, INT8OID);
 	args[1] = kp_datum_array(xmins, n, INT8OID);
@@ -1100,15 +1134,10 @@ record_failures(KpReportBuffer *buf, int count)
 	args[4] = kp_datum_array(permanent, n, BOOLOID);
 	args[5] = Int32GetDatum(kp_max_attempts);
 	execute_plan(failed_plan, args, SPI_OK_SELECT);
-	kp_shmem_request_rescan(lowest);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
-							   &isnull);
-	}
-	notify_datums("failed", ids, SPI_processed);
+	/* a row that changed in flight holds a message still to be sent */
+	if (SPI_processed < (uint64) n)
+		kp_shmem_request_rescan(lowest);
+	notify_datums("failed", ids, failed_ids(ids));
 }
 
 /* Writes the outcome of every report in buf; returned messages need none. */

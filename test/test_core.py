@@ -221,6 +221,29 @@ def test_permanent_error_fails_exactly_those_then_retry(pg, kafka, error):
     assert values == [b"before", b"after", b"refused"]
 
 
+def test_permanent_error_fails_the_messages_of_a_batch_row(pg, kafka):
+    """Messages enqueued together share a kafka.outbox_batch row.  Refused
+    for good, each is failed at the first refusal with its attempt counted,
+    as a message of a row of its own is, and none is sent again (a version
+    of the row-version check sent them again and delivered them)."""
+    topic = "refused_batched"
+    send(pg, topic, "before", key="k")
+    pg.wait_until_final(topic)
+    kafka.command("produce_errors MSG_SIZE_TOO_LARGE 1")
+    conn = pg.connect(autocommit=False)
+    cur = conn.cursor()
+    cur.execute("SELECT kafka_send(%s, 'refused ' || i, key => 'k') "
+                "FROM generate_series(1, 10) i", (topic,))
+    cur.execute("SELECT count(*) FROM kafka.outbox_batch WHERE topic = %s", (topic,))
+    assert cur.fetchone()[0] == 1
+    conn.commit()
+    conn.close()
+    assert pg.wait_until_final(topic) == {"delivered": 1, "failed": 10}
+    assert pg.query("SELECT DISTINCT attempts FROM kafka.failed WHERE topic = %s",
+                    (topic,)) == [(1,)]
+    assert [r.value for r in consume_all(kafka.bootstrap, topic)] == [b"before"]
+
+
 def test_unauthorized_topic_fails_until_retried(pg, kafka):
     """TOPIC_AUTHORIZATION_FAILED fails the message (librdkafka also fails
     the topic's next messages until it refreshes metadata); once the topic
