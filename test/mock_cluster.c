@@ -10,7 +10,8 @@
  *		produce_errors ERROR_NAME COUNT		next COUNT Produce requests fail
  *		broker_produce_error BROKER_ID ERROR_NAME MS
  *								the broker's next Produce request fails,
- *								answered MS later
+ *								answered MS later; from then on the broker
+ *								takes none of produce_errors' errors
  *		clear_errors
  *		topic_error TOPIC ERROR_NAME		in metadata responses
  *		create TOPIC PARTITIONS REPLICATION_FACTOR

@@ -495,8 +495,9 @@ def test_message_changed_while_its_send_fails(pg, kafka):
         return pg.scalar("SELECT (kafka_stats()->'kafka_producer'->>'failed')::int")
 
     refused_before = refused()
+    # long enough for the UPDATE to come before the refusal
     for broker in (1, 2, 3):
-        kafka.command(f"rtt {broker} 1000")
+        kafka.command(f"rtt {broker} 2000")
     try:
         kafka.command("produce_errors MSG_SIZE_TOO_LARGE 1")
         sent = pg.scalar("SELECT kafka_send('changed_in_flight', 'first', "

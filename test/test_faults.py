@@ -16,7 +16,7 @@ import pytest
 
 from kafka import KafkaProducer
 
-from harness import consume_all, terminate, wait_until
+from harness import MockCluster, PgCluster, consume_all, terminate, wait_until
 from workload import Workload, account, assert_clean, id_header
 
 
@@ -281,13 +281,29 @@ def test_postmaster_sigkill_mid_drain(pg, kafka, slow_drain):
     assert_clean(drain_with_crash(pg, kafka, "fault_postmaster_sigkill", crash))
 
 
-def test_fatal_producer_error_mid_drain(pg, kafka):
+@pytest.fixture
+def own_cluster():
+    """A mock cluster and a server of their own, for a test that injects an
+    error into one broker: librdkafka's mock looks no further than a broker's
+    own error stack once it has one, even empty, so that broker would ignore
+    the errors later tests inject into the whole cluster."""
+    kafka = MockCluster(brokers=3)
+    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+                    "kafka.status_retention": "'1d'"})
+    pg.query("CREATE EXTENSION kafka_producer")
+    yield pg, kafka
+    pg.destroy()
+    kafka.stop()
+
+
+def test_fatal_producer_error_mid_drain(own_cluster):
     """A produce request refused with an error that librdkafka's idempotent
     producer takes as fatal, while two brokers hold their acknowledgements
     back: the worker rebuilds its producer, which purges what the old one
     had in flight, and before sending again finds in Kafka what of that the
     brokers had stored.  Without that search 1,040 and 1,580 of 2,000
     messages arrived twice."""
+    pg, kafka = own_cluster
     topic = "fault_fatal_error"
     reconciled_before = reconciled_count(pg)
     for name in (topic, f"{topic}_warm"):
