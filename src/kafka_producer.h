@@ -106,7 +106,8 @@ typedef struct KpSharedState
 	pid_t		worker_pid;
 	pg_atomic_uint64 rescan_from;	/* lowest id committed behind the worker's
 									 * scan position */
-	pg_atomic_uint32 round_scheduled;
+	pg_atomic_uint32 round_scheduled;	/* the worker sleeps until a round
+										 * due by time */
 	pg_atomic_uint64 outcome_generation;
 	ConditionVariable outcomes_recorded;
 	pg_atomic_uint32 outcome_waiters;	/* sessions in kafka_wait(),

@@ -683,9 +683,9 @@ kp_shmem_take_rescan_from(void)
 
 /*
  * The worker says whether it sleeps until a round of sending that is due
- * by time.  Sessions committing small transactions woke it a thousand
- * times a second for rounds it would not begin before that time: a fifth
- * of its CPU under 8 sessions.  The exchange is a full barrier: a session
+ * by time.  Sessions committing small transactions woke it at each commit
+ * (1,925 times a second at 2,000 transactions a second) for rounds it would
+ * not begin before that time.  The exchange is a full barrier: a session
  * that lowered rescan_from and then found the flag set (it reads it after
  * a barrier too) did so before the worker cleared it, so the worker's
  * next kp_shmem_take_rescan_from sees that session's position.
