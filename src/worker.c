@@ -396,10 +396,10 @@ ms_until_elapsed(TimestampTz since, long spacing)
  * of kafka.linger_ms (at most KP_MAX_SPACING_MS) has passed since that
  * one began: messages wait up to that much longer to be sent, as they
  * wait for linger.ms in librdkafka to be sent with others, and outcomes
- * that a session waits for to be written (see ms_until_record).  With the whole of linger.ms, p50 latency at
- * 1,000 messages a second was 8.2 ms instead of 5.4; with half, the
- * worker took a sixth more CPU under many small transactions.  With
- * linger 0 nothing waits.
+ * that a session waits for to be written (see ms_until_record).  With the
+ * whole of linger.ms, p50 latency at 1,000 messages a second was 8.2 ms
+ * instead of 5.4; with half, the worker took a sixth more CPU under many
+ * small transactions.  With linger 0 nothing waits.
  */
 static long
 ms_until_spaced(TimestampTz since)
