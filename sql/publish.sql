@@ -165,7 +165,7 @@ SELECT total_bytes < 4 * 1024 * 1024 AS bounded
   FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext';
 ROLLBACK;
 
--- events are stored several to a row, inline; a message alone in its run
+-- events are stored several to a row, inline and compressed; a message alone in its run
 -- of ids (here the only one of its statement, and larger than a row's
 -- share) is a kafka.outbox row; kafka.messages shows each in order
 SELECT last_value AS start FROM kafka.message_id_seq \gset
@@ -175,7 +175,8 @@ SELECT count(*) < 2000 / 10 AS several_to_a_row,
 	   sum(cardinality(keys)) AS messages,
 	   bool_and(cardinality(keys) = cardinality("values")) AS keys_match_values,
 	   count(*) FILTER (WHERE pg_column_size(b.*) > 8160) AS larger_than_a_page,
-	   count(*) FILTER (WHERE cardinality(keys) = 1) AS alone
+	   count(*) FILTER (WHERE cardinality(keys) = 1) AS alone,
+	   bool_and(pg_column_compression("values") = 'lz4') AS compressed
   FROM kafka.outbox_batch b WHERE first_id > :start AND topic = 'public.existing';
 SELECT count(*) AS alone_in_outbox
   FROM kafka.outbox WHERE id > :start AND topic = 'public.existing';

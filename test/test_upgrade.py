@@ -22,8 +22,10 @@ def old_pg(kafka):
 SHAPE = """
 SELECT pg_describe_object(d.classid, d.objid, 0),
        coalesce(p.proacl, c.relacl)::text, p.prosecdef, p.proconfig::text, md5(p.prosrc),
-       (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
-          FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)
+       (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' ' ||
+                          attstorage::text || attcompression::text, ', ' ORDER BY attnum)
+          FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped),
+       c.reloptions::text
   FROM pg_depend d
   LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid
   LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
