@@ -32,9 +32,13 @@ TABLES = ("plain", "json", "avro")
 
 
 def timed(pg, sql):
+    """The seconds sql took, and the bytes of WAL it wrote per row."""
+    before = pg.scalar("SELECT pg_current_wal_insert_lsn()")
     start = time.monotonic()
     pg.query(sql, dict(n=N))
-    return time.monotonic() - start
+    seconds = time.monotonic() - start
+    wal = pg.scalar("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (before,))
+    return seconds, float(wal) / N
 
 
 def timed_alone(pg, kafka, sql):
@@ -66,14 +70,16 @@ def main():
         pg.query("SELECT kafka_publish('avro', topic => 'bench_avro', format => 'avro')")
         results = {f"{statement} {name}": [] for statement in ("insert", "update")
                    for name in TABLES}
+        wal = {name: [] for name in results}
         for _ in range(ROUNDS):
             for name in TABLES:
                 pg.query(f"TRUNCATE {name}")
             for statement in ("insert", "update"):
                 sql = INSERT if statement == "insert" else UPDATE
                 for name in TABLES:
-                    results[f"{statement} {name}"].append(
-                        timed_alone(pg, kafka, sql.format(name=name)))
+                    seconds, wal_per_row = timed_alone(pg, kafka, sql.format(name=name))
+                    results[f"{statement} {name}"].append(seconds)
+                    wal[f"{statement} {name}"].append(wal_per_row)
         print(f"\n{N} rows, {ROUNDS} rounds, medians; a round's ratio pairs the statements "
               "timed in that round, so that the machine's drift between rounds cancels")
         for statement in ("insert", "update"):
@@ -84,6 +90,9 @@ def main():
                 print(f"{statement.upper():<7} published as {name} {statistics.median(published):7.2f} s"
                       f"  vs unpublished {statistics.median(plain):7.2f} s   ratio "
                       f"{statistics.median(ratios):4.2f}x   ({min(ratios):.2f}..{max(ratios):.2f})")
+        for statement in ("insert", "update"):
+            print(f"WAL per row, {statement.upper():<7}" + ", ".join(
+                f"{name} {statistics.median(wal[f'{statement} {name}']):.0f} B" for name in TABLES))
     finally:
         pg.destroy()
         kafka.stop()
