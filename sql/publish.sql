@@ -187,6 +187,17 @@ SELECT count(*) AS pending, count(DISTINCT id) AS distinct_ids,
  WHERE id > :start AND status = 'pending' AND topic = 'public.existing';
 DELETE FROM existing WHERE id >= 1000;
 
+-- every character below 128 and some above, escaped as PostgreSQL's own
+-- JSON functions escape them
+SELECT last_value AS start FROM kafka.message_id_seq \gset
+INSERT INTO existing
+	SELECT 4000, string_agg(chr(i), '' ORDER BY i) || 'ü€😀' FROM generate_series(1, 127) i;
+SELECT convert_from(p.value, 'UTF8')::jsonb -> 'after' -> 'v' = to_jsonb(e.v) AS same_string,
+	   position(to_json(e.v)::text IN convert_from(p.value, 'UTF8')) > 0 AS escaped_alike
+  FROM kafka.pending p, existing e
+ WHERE p.id > :start AND p.topic = 'public.existing' AND e.id = 4000;
+DELETE FROM existing WHERE id = 4000;
+
 -- a block of ids needs a sequence that steps by one, uncached
 ALTER SEQUENCE kafka.message_id_seq CACHE 20;
 INSERT INTO existing VALUES (50, 'a'), (51, 'b');

@@ -44,6 +44,11 @@ kind_of(Oid typid)
 			return KP_JSON_FLOAT;
 		case BOOLOID:
 			return KP_JSON_BOOL;
+		case TEXTOID:
+		case VARCHAROID:
+			return KP_JSON_STRING;
+		case NUMERICOID:
+			return KP_JSON_NUMERIC;
 		case BYTEAOID:
 			return KP_JSON_BYTEA;
 		case JSONOID:
@@ -89,10 +94,73 @@ kp_json_column_init(KpJsonColumn *column, Oid typid, MemoryContext mcxt)
 	fmgr_info_cxt(output, &column->output, mcxt);
 }
 
+/*
+ * str[0 .. len - 1] as a JSON string, escaped as escape_json() does, but
+ * a run of characters that need no escaping at a time: they are most.
+ */
+static void
+append_escaped(StringInfo out, const char *str, int len)
+{
+	const char *end = str + len;
+
+	appendStringInfoCharMacro(out, '"');
+	while (str < end)
+	{
+		const char *run = str;
+
+		while (str < end && (unsigned char) *str >= ' ' && *str != '"' &&
+			   *str != '\\')
+			str++;
+		appendBinaryStringInfo(out, run, str - run);
+		if (str == end)
+			break;
+		switch (*str)
+		{
+			case '\b':
+				appendBinaryStringInfo(out, "\\b", 2);
+				break;
+			case '\f':
+				appendBinaryStringInfo(out, "\\f", 2);
+				break;
+			case '\n':
+				appendBinaryStringInfo(out, "\\n", 2);
+				break;
+			case '\r':
+				appendBinaryStringInfo(out, "\\r", 2);
+				break;
+			case '\t':
+				appendBinaryStringInfo(out, "\\t", 2);
+				break;
+			case '"':
+				appendBinaryStringInfo(out, "\\\"", 2);
+				break;
+			case '\\':
+				appendBinaryStringInfo(out, "\\\\", 2);
+				break;
+			default:
+				appendStringInfo(out, "\\u%04x", (int) *str);
+				break;
+		}
+		str++;
+	}
+	appendStringInfoCharMacro(out, '"');
+}
+
 static void
 append_text(StringInfo out, KpJsonColumn *column, Datum value)
 {
-	escape_json(out, OutputFunctionCall(&column->output, value));
+	char	   *text = OutputFunctionCall(&column->output, value);
+
+	append_escaped(out, text, strlen(text));
+}
+
+/* text or varchar, without its output function's copy */
+static void
+append_string(StringInfo out, Datum value)
+{
+	text	   *string = DatumGetTextPP(value);
+
+	append_escaped(out, VARDATA_ANY(string), VARSIZE_ANY_EXHDR(string));
 }
 
 static void
@@ -300,6 +368,12 @@ kp_json_append_value(StringInfo out, KpJsonColumn *column, Datum value,
 			break;
 		case KP_JSON_TEXT:
 			append_text(out, column, value);
+			break;
+		case KP_JSON_STRING:
+			append_string(out, value);
+			break;
+		case KP_JSON_NUMERIC:
+			append_quoted(out, OutputFunctionCall(&column->output, value));
 			break;
 		case KP_JSON_BYTEA:
 			append_bytea(out, value);

@@ -27,6 +27,8 @@ typedef enum KpJsonKind
 	KP_JSON_FLOAT,
 	KP_JSON_BOOL,
 	KP_JSON_TEXT,				/* a JSON string of the text output */
+	KP_JSON_STRING,				/* text and varchar: their bytes, escaped */
+	KP_JSON_NUMERIC,			/* its text output, which needs no escaping */
 	KP_JSON_BYTEA,
 	KP_JSON_JSON,
 	KP_JSON_JSONB,

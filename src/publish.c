@@ -101,12 +101,14 @@ typedef struct KpPublication
 	int			natts;
 	bool	   *published;		/* per attribute: in before and after */
 	KpJsonColumn *columns;		/* per attribute */
-	char	  **names;			/* per attribute: the JSON-escaped name */
+	char	  **names;			/* per attribute: its member's name, "name": */
+	int		   *name_lengths;
 	Datum	   *values;			/* room for a row's columns */
 	bool	   *nulls;
 	int			nkeys;
 	AttrNumber *keys;
 	char	   *source;			/* the constant members of "source" */
+	int			source_length;
 	bool		avro;			/* format avro, else json */
 	char	   *connect_key;	/* format json_schema: {"schema": ..., "payload": */
 	char	   *connect_value;	/* the same for values; NULL: plain json */
@@ -392,6 +394,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 
 	pub->columns = palloc0(pub->natts * sizeof(KpJsonColumn));
 	pub->names = palloc0(pub->natts * sizeof(char *));
+	pub->name_lengths = palloc0(pub->natts * sizeof(int));
 	pub->values = palloc(pub->natts * sizeof(Datum));
 	pub->nulls = palloc(pub->natts * sizeof(bool));
 	for (int i = 0; i < pub->natts; i++)
@@ -410,7 +413,8 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 		if (pub->connect_value != NULL &&
 			(pub->columns[i].kind == KP_JSON_JSON || pub->columns[i].kind == KP_JSON_JSONB))
 			pub->columns[i].kind = KP_JSON_TEXT;
-		pub->names[i] = json_string(NameStr(attr->attname));
+		pub->names[i] = psprintf("%s:", json_string(NameStr(attr->attname)));
+		pub->name_lengths[i] = strlen(pub->names[i]);
 	}
 	for (int k = 0; k < pub->nkeys; k++)
 		if (pub->keys[k] < 1 || pub->keys[k] > pub->natts ||
@@ -433,6 +437,7 @@ prepare_columns(KpPublication *pub, Relation rel, Relation changed)
 		appendStringInfo(&source, ",\"partition\":%s",
 						 json_string(get_rel_name(pub->relid)));
 	pub->source = source.data;
+	pub->source_length = source.len;
 	pub->table = json_string(RelationGetRelationName(rel));
 	if (pub->connect_value != NULL)
 		prepare_connect(pub, rel);
@@ -508,6 +513,10 @@ reloaded_publication_for(Relation rel)
  * ---------------------------------------------------------------------
  */
 
+/* a string literal, its length known when compiled */
+#define append_literal(out, literal) \
+	appendBinaryStringInfo((out), (literal), sizeof(literal) - 1)
+
 /* a StringInfo that becomes a bytea: room for the header first */
 static void
 init_bytes(StringInfo out)
@@ -541,25 +550,24 @@ append_row(StringInfo out, KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 
 	if (tuple == NULL)
 	{
-		appendStringInfoString(out, "null");
+		append_literal(out, "null");
 		return;
 	}
 	/* once, not a column at a time: heap_getattr is slow past a varlena */
 	heap_deform_tuple(tuple, desc, pub->values, pub->nulls);
-	appendStringInfoChar(out, '{');
+	appendStringInfoCharMacro(out, '{');
 	for (int i = 0; i < pub->natts; i++)
 	{
 		if (!pub->published[i])
 			continue;
 		if (!first)
-			appendStringInfoChar(out, ',');
+			appendStringInfoCharMacro(out, ',');
 		first = false;
-		appendStringInfoString(out, pub->names[i]);
-		appendStringInfoChar(out, ':');
+		appendBinaryStringInfo(out, pub->names[i], pub->name_lengths[i]);
 		kp_json_append_value(out, &pub->columns[i], pub->values[i],
 							 pub->nulls[i], pub->time_format);
 	}
-	appendStringInfoChar(out, '}');
+	appendStringInfoCharMacro(out, '}');
 }
 
 /* a StringInfo for a JSON key or value, which with a schema starts with it */
@@ -575,7 +583,7 @@ static bytea *
 finish_json(StringInfo out, const char *connect_prefix)
 {
 	if (connect_prefix != NULL)
-		appendStringInfoChar(out, '}');
+		appendStringInfoCharMacro(out, '}');
 	return finish_bytes(out);
 }
 
@@ -585,7 +593,7 @@ json_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 	StringInfoData out;
 
 	init_json(&out, pub->connect_key);
-	appendStringInfoChar(&out, '{');
+	appendStringInfoCharMacro(&out, '{');
 	for (int k = 0; k < pub->nkeys; k++)
 	{
 		int			i = pub->keys[k] - 1;
@@ -593,12 +601,11 @@ json_key(KpPublication *pub, TupleDesc desc, HeapTuple tuple)
 		Datum		value = heap_getattr(tuple, i + 1, desc, &isnull);
 
 		if (k > 0)
-			appendStringInfoChar(&out, ',');
-		appendStringInfoString(&out, pub->names[i]);
-		appendStringInfoChar(&out, ':');
+			appendStringInfoCharMacro(&out, ',');
+		appendBinaryStringInfo(&out, pub->names[i], pub->name_lengths[i]);
 		kp_json_append_value(&out, &pub->columns[i], value, isnull, pub->time_format);
 	}
-	appendStringInfoChar(&out, '}');
+	appendStringInfoCharMacro(&out, '}');
 	return finish_json(&out, pub->connect_key);
 }
 
@@ -613,7 +620,7 @@ append_member_int(StringInfo out, const char *name, int64 value)
 {
 	char		digits[MAXINT8LEN + 1];
 
-	appendStringInfoString(out, name);
+	appendBinaryStringInfo(out, name, strlen(name));
 	appendBinaryStringInfo(out, digits, pg_lltoa(value, digits));
 }
 
@@ -633,10 +640,10 @@ json_flat_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	/* the row's members, then ours */
 	out.len--;
 	if (out.data[out.len - 1] != '{')
-		appendStringInfoChar(&out, ',');
-	appendStringInfoString(&out, "\"__op\":\"");
-	appendStringInfoChar(&out, op);
-	appendStringInfoString(&out, "\",\"__table\":");
+		appendStringInfoCharMacro(&out, ',');
+	append_literal(&out, "\"__op\":\"");
+	appendStringInfoCharMacro(&out, op);
+	append_literal(&out, "\",\"__table\":");
 	appendStringInfoString(&out, pub->table);
 	append_member_int(&out, ",\"__source_ts_ms\":",
 					  epoch_ms(GetCurrentStatementStartTimestamp()));
@@ -654,22 +661,24 @@ json_value(KpPublication *pub, TupleDesc desc, HeapTuple before,
 	if (pub->flat)
 		return json_flat_value(pub, desc, before, after, op);
 	init_json(&out, pub->connect_value);
-	appendStringInfoString(&out, "{\"before\":");
+	append_literal(&out, "{\"before\":");
 	append_row(&out, pub, desc, before);
-	appendStringInfoString(&out, ",\"after\":");
+	append_literal(&out, ",\"after\":");
 	append_row(&out, pub, desc, after);
 	/* no appendStringInfo: its formatting showed in profiles */
-	appendStringInfoString(&out, ",\"source\":{");
-	appendStringInfoString(&out, pub->source);
+	append_literal(&out, ",\"source\":{");
+	appendBinaryStringInfo(&out, pub->source, pub->source_length);
 	append_member_int(&out, ",\"ts_ms\":", epoch_ms(GetCurrentStatementStartTimestamp()));
-	appendStringInfoString(&out, op == 'r' ? ",\"snapshot\":\"true\"" :
-						   ",\"snapshot\":\"false\"");
+	if (op == 'r')
+		append_literal(&out, ",\"snapshot\":\"true\"");
+	else
+		append_literal(&out, ",\"snapshot\":\"false\"");
 	append_member_int(&out, ",\"txId\":", GetTopTransactionId());
 	append_member_int(&out, ",\"lsn\":", (int64) GetXLogInsertRecPtr());
-	appendStringInfoString(&out, ",\"xmin\":null},\"op\":\"");
-	appendStringInfoChar(&out, op);
+	append_literal(&out, ",\"xmin\":null},\"op\":\"");
+	appendStringInfoCharMacro(&out, op);
 	append_member_int(&out, "\",\"ts_ms\":", epoch_ms(GetCurrentTimestamp()));
-	appendStringInfoChar(&out, '}');
+	appendStringInfoCharMacro(&out, '}');
 	return finish_json(&out, pub->connect_value);
 }
 
