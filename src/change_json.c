@@ -94,6 +94,10 @@ kp_json_column_init(KpJsonColumn *column, Oid typid, MemoryContext mcxt)
 	fmgr_info_cxt(output, &column->output, mcxt);
 }
 
+/* the characters with a short escape in JSON, and their escapes' letters */
+#define JSON_ESCAPED "\b\f\n\r\t\"\\"
+#define JSON_ESCAPES "bfnrt\"\\"
+
 /*
  * str[0 .. len - 1] as a JSON string, escaped as escape_json() does, but
  * a run of characters that need no escaping at a time: they are most.
@@ -102,6 +106,7 @@ static void
 append_escaped(StringInfo out, const char *str, int len)
 {
 	const char *end = str + len;
+	const char *escaped;
 
 	appendStringInfoCharMacro(out, '"');
 	while (str < end)
@@ -114,33 +119,14 @@ append_escaped(StringInfo out, const char *str, int len)
 		appendBinaryStringInfo(out, run, str - run);
 		if (str == end)
 			break;
-		switch (*str)
+		escaped = *str != '\0' ? strchr(JSON_ESCAPED, *str) : NULL;
+		if (escaped != NULL)
 		{
-			case '\b':
-				appendBinaryStringInfo(out, "\\b", 2);
-				break;
-			case '\f':
-				appendBinaryStringInfo(out, "\\f", 2);
-				break;
-			case '\n':
-				appendBinaryStringInfo(out, "\\n", 2);
-				break;
-			case '\r':
-				appendBinaryStringInfo(out, "\\r", 2);
-				break;
-			case '\t':
-				appendBinaryStringInfo(out, "\\t", 2);
-				break;
-			case '"':
-				appendBinaryStringInfo(out, "\\\"", 2);
-				break;
-			case '\\':
-				appendBinaryStringInfo(out, "\\\\", 2);
-				break;
-			default:
-				appendStringInfo(out, "\\u%04x", (int) *str);
-				break;
+			appendStringInfoCharMacro(out, '\\');
+			appendStringInfoCharMacro(out, JSON_ESCAPES[escaped - JSON_ESCAPED]);
 		}
+		else
+			appendStringInfo(out, "\\u%04x", (int) *str);
 		str++;
 	}
 	appendStringInfoCharMacro(out, '"');
