@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from harness import MockCluster, PgCluster
+from harness import MockCluster, extension_server
 
 # kafka-python logs every reconnect while the tests take brokers down
 logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -19,11 +19,7 @@ def kafka():
 
 @pytest.fixture(scope="session")
 def pg(kafka):
-    cluster = PgCluster({
-        "kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
-        "kafka.status_retention": "'1d'",
-    })
-    cluster.query("CREATE EXTENSION kafka_producer")
+    cluster = extension_server(kafka)
     yield cluster
     cluster.destroy()
 

@@ -192,6 +192,15 @@ def huge_pages_in_use():
     return total - free + reserved > 0
 
 
+def extension_server(kafka):
+    """The server the tests run against: the extension created, sending to
+    kafka, delivery records kept a day."""
+    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
+                    "kafka.status_retention": "'1d'"})
+    pg.query("CREATE EXTENSION kafka_producer")
+    return pg
+
+
 def bench_cluster(kafka, retention):
     """A cluster tuned for the benchmarks: room for a million rows without
     checkpoints in the middle of a measurement, and shared memory in huge

@@ -16,7 +16,7 @@ import pytest
 
 from kafka import KafkaProducer
 
-from harness import MockCluster, PgCluster, consume_all, terminate, wait_until
+from harness import MockCluster, consume_all, extension_server, terminate, wait_until
 from workload import Workload, account, assert_clean, id_header
 
 
@@ -288,9 +288,7 @@ def own_cluster():
     own error stack once it has one, even empty, so that broker would ignore
     the errors later tests inject into the whole cluster."""
     kafka = MockCluster(brokers=3)
-    pg = PgCluster({"kafka.bootstrap_servers": f"'{kafka.bootstrap}'",
-                    "kafka.status_retention": "'1d'"})
-    pg.query("CREATE EXTENSION kafka_producer")
+    pg = extension_server(kafka)
     yield pg, kafka
     pg.destroy()
     kafka.stop()
