@@ -757,14 +757,13 @@ typedef struct KpBatchOrder
 	int			index;
 } KpBatchOrder;
 
-static int
-compare_batch_order(const void *a, const void *b)
-{
-	int64		x = ((const KpBatchOrder *) a)->key;
-	int64		y = ((const KpBatchOrder *) b)->key;
-
-	return x < y ? -1 : x > y;
-}
+/* a sort with the comparison inlined: qsort's calls took 5% of a drain */
+#define ST_SORT sort_batch_order
+#define ST_ELEMENT_TYPE KpBatchOrder
+#define ST_COMPARE(a, b) ((a)->key < (b)->key ? -1 : (a)->key > (b)->key)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 static void
 record_batch_delivery(KpRecording *rec, KpDeliveredMessage *msg,
@@ -962,7 +961,7 @@ record_batches(KpReportBuffer *buf)
 	}
 	if (n == 0)
 		return;
-	qsort(order, n, sizeof(KpBatchOrder), compare_batch_order);
+	sort_batch_order(order, n);
 	reports = palloc(n * sizeof(KpBatchReport));
 	for (int i = 0; i < n; i++)
 		reports[i] = found[order[i].index];
