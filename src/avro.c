@@ -95,6 +95,25 @@ typedef struct KpAvroKey
 	bool		is_key;
 } KpAvroKey;
 
+/*
+ * An envelope's source as written for a statement: its members before
+ * lsn (which alone changes from one event to the next), and after it.  A
+ * record is written as its members one after another, so each event's
+ * source is head, lsn, tail, and avro-c walks the source's dozen members
+ * once a statement instead of once an event.
+ */
+typedef struct KpEncodedSource
+{
+	bool		valid;
+	int64		ts_ms;
+	int64		txid;
+	bool		snapshot;
+	char	   *head;
+	int64		head_len;
+	char	   *tail;
+	int64		tail_len;
+} KpEncodedSource;
+
 struct KpAvroSchema
 {
 	KpAvroKey	key;			/* hash key */
@@ -109,6 +128,7 @@ struct KpAvroSchema
 	bool	   *nulls;
 	bool		deform;			/* several fields: deform the whole row */
 	bool		source_set;		/* an envelope: its constant members are */
+	KpEncodedSource *source;	/* an envelope: its source, encoded */
 	KpAvroType	scalar;			/* not a record: the one value's type */
 	char	   *json;			/* the full schema */
 	char	   *canonical;		/* its Parsing Canonical Form */
@@ -973,6 +993,27 @@ write_into(avro_value_t *value, char *buffer, size_t size)
 	return rc == 0 ? written : -1;
 }
 
+static char *
+scratch_buffer(void)
+{
+	static char *scratch = NULL;
+
+	if (scratch == NULL)
+		scratch = MemoryContextAlloc(TopMemoryContext, KP_AVRO_SCRATCH_SIZE);
+	return scratch;
+}
+
+/* a bytea of len bytes of scratch after header_len bytes */
+static bytea *
+bytea_after_header(const char *scratch, int64 len, int header_len)
+{
+	bytea	   *result = palloc(VARHDRSZ + header_len + len);
+
+	SET_VARSIZE(result, VARHDRSZ + header_len + len);
+	memcpy(VARDATA(result) + header_len, scratch, len);
+	return result;
+}
+
 /*
  * schema's value, filled, in Avro binary after header_len bytes.  Most
  * values fit the scratch buffer, written in one pass; a larger one is
@@ -981,21 +1022,14 @@ write_into(avro_value_t *value, char *buffer, size_t size)
 static bytea *
 write_value(KpAvroSchema *schema, int header_len)
 {
-	static char *scratch = NULL;
+	char	   *scratch = scratch_buffer();
 	int64		written;
 	size_t		size;
 	bytea	   *result;
 
-	if (scratch == NULL)
-		scratch = MemoryContextAlloc(TopMemoryContext, KP_AVRO_SCRATCH_SIZE);
 	written = write_into(&schema->value, scratch, KP_AVRO_SCRATCH_SIZE);
 	if (written >= 0)
-	{
-		result = palloc(VARHDRSZ + header_len + written);
-		SET_VARSIZE(result, VARHDRSZ + header_len + written);
-		memcpy(VARDATA(result) + header_len, scratch, written);
-		return result;
-	}
+		return bytea_after_header(scratch, written, header_len);
 	check_avro(avro_value_sizeof(&schema->value, &size));
 	result = palloc(VARHDRSZ + header_len + size);
 	SET_VARSIZE(result, VARHDRSZ + header_len + size);
@@ -1196,6 +1230,106 @@ set_long_member(avro_value_t *record, int member, int64 value)
 	check_avro(avro_value_set_long(&field, value));
 }
 
+/*
+ * Writes record's members first .. last; false if they do not fit the
+ * writer's buffer (or avro-c fails: the caller then writes the whole
+ * value, and reports it).
+ */
+static bool
+write_members(avro_writer_t writer, avro_value_t *record, int first, int last)
+{
+	for (int member = first; member <= last; member++)
+	{
+		avro_value_t field;
+
+		if (avro_value_get_by_index(record, member, &field, NULL) != 0 ||
+			avro_value_write(writer, &field) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* record's members first .. last, encoded, in mcxt; NULL if too large */
+static char *
+encode_members(avro_value_t *record, int first, int last, MemoryContext mcxt,
+			   int64 *len)
+{
+	char	   *scratch = scratch_buffer();
+	avro_writer_t writer = avro_writer_memory(scratch, KP_AVRO_SCRATCH_SIZE);
+	bool		fits = write_members(writer, record, first, last);
+	char	   *encoded = NULL;
+
+	*len = avro_writer_tell(writer);
+	avro_writer_free(writer);
+	if (fits)
+	{
+		encoded = MemoryContextAlloc(mcxt, Max(*len, 1));
+		memcpy(encoded, scratch, *len);
+	}
+	return encoded;
+}
+
+static bool
+source_encoded_for(KpEncodedSource *encoded, const KpAvroSource *source,
+				   char op)
+{
+	return encoded != NULL && encoded->valid && encoded->ts_ms == source->ts_ms &&
+		encoded->txid == source->txid && encoded->snapshot == (op == 'r');
+}
+
+/* Encodes record, envelope's source with every member set but lsn. */
+static void
+encode_source(KpAvroSchema *envelope, avro_value_t *record,
+			  const KpAvroSource *source, char op)
+{
+	MemoryContext mcxt = GetMemoryChunkContext(envelope);
+	KpEncodedSource *encoded = envelope->source;
+
+	if (encoded == NULL)
+		encoded = envelope->source = MemoryContextAllocZero(mcxt, sizeof(KpEncodedSource));
+	encoded->valid = false;
+	if (encoded->head != NULL)
+		pfree(encoded->head);
+	if (encoded->tail != NULL)
+		pfree(encoded->tail);
+	encoded->head = encoded->tail = NULL;
+	encoded->head = encode_members(record, SOURCE_VERSION, SOURCE_LSN - 1, mcxt,
+								   &encoded->head_len);
+	encoded->tail = encode_members(record, SOURCE_LSN + 1, SOURCE_PARTITION, mcxt,
+								   &encoded->tail_len);
+	encoded->ts_ms = source->ts_ms;
+	encoded->txid = source->txid;
+	encoded->snapshot = op == 'r';
+	encoded->valid = encoded->head != NULL && encoded->tail != NULL;
+}
+
+/*
+ * envelope's value, filled, its source's lsn set, after header_len bytes:
+ * its members one after another, the source's head and tail as encoded
+ * for the statement.  The whole value if that does not fit the scratch.
+ */
+static bytea *
+write_event(KpAvroSchema *envelope, avro_value_t *source, int header_len)
+{
+	KpEncodedSource *encoded = envelope->source;
+	char	   *scratch = scratch_buffer();
+	avro_writer_t writer = avro_writer_memory(scratch, KP_AVRO_SCRATCH_SIZE);
+	bool		fits;
+	int64		written;
+
+	fits = encoded->valid &&
+		write_members(writer, &envelope->value, ENVELOPE_BEFORE, ENVELOPE_AFTER) &&
+		avro_write(writer, encoded->head, encoded->head_len) == 0 &&
+		write_members(writer, source, SOURCE_LSN, SOURCE_LSN) &&
+		avro_write(writer, encoded->tail, encoded->tail_len) == 0 &&
+		write_members(writer, &envelope->value, ENVELOPE_OP, ENVELOPE_TS_MS);
+	written = avro_writer_tell(writer);
+	avro_writer_free(writer);
+	if (!fits)
+		return write_value(envelope, header_len);
+	return bytea_after_header(scratch, written, header_len);
+}
+
 /* A change event in the envelope, after header_len bytes. */
 bytea *
 kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
@@ -1226,13 +1360,17 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 		set_nullable_string_member(&record, SOURCE_PARTITION, source->partition);
 		envelope->source_set = true;
 	}
-	set_long_member(&record, SOURCE_TS_MS, source->ts_ms);
-	set_string_member(&record, SOURCE_SNAPSHOT, op == 'r' ? "true" : "false");
-	set_long_member(&record, SOURCE_TXID, source->txid);
+	if (!source_encoded_for(envelope->source, source, op))
+	{
+		set_long_member(&record, SOURCE_TS_MS, source->ts_ms);
+		set_string_member(&record, SOURCE_SNAPSHOT, op == 'r' ? "true" : "false");
+		set_long_member(&record, SOURCE_TXID, source->txid);
+		encode_source(envelope, &record, source, op);
+	}
 	set_long_member(&record, SOURCE_LSN, source->lsn);
 	set_string_member(&envelope->value, ENVELOPE_OP, op_string);
 	set_long_member(&envelope->value, ENVELOPE_TS_MS, source->event_ts_ms);
-	return write_value(envelope, header_len);
+	return write_event(envelope, &record, header_len);
 }
 
 /*

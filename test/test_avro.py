@@ -88,25 +88,41 @@ def test_published_changes_decode_and_replay(pg, kafka):
     pg.query("""CREATE TABLE avro_changes (id int PRIMARY KEY, name text NOT NULL, ok boolean,
                 price numeric(10, 2), at timestamptz, day date, ident uuid, raw bytea, tags text[])""")
     pg.query("SELECT kafka_publish('avro_changes', topic => 'avro_cdc_e2e', format => 'avro')")
-    pg.query("""INSERT INTO avro_changes
-                SELECT i, 'name ' || i, i % 2 = 0, i * 1.25, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute 0.000001 second',
-                       date '2024-01-01' + i, md5(i::text)::uuid, decode(md5(i::text), 'hex'),
-                       ARRAY['t' || i, NULL]
-                  FROM generate_series(1, 200) i""")
-    pg.query("UPDATE avro_changes SET price = NULL, name = name || '!' WHERE id % 4 = 0")
-    pg.query("UPDATE avro_changes SET id = id + 1000 WHERE id % 10 = 1")
-    pg.query("DELETE FROM avro_changes WHERE id % 7 = 0")
+    statements = [
+        """INSERT INTO avro_changes
+           SELECT i, 'name ' || i, i % 2 = 0, i * 1.25, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute 0.000001 second',
+                  date '2024-01-01' + i, md5(i::text)::uuid, decode(md5(i::text), 'hex'),
+                  ARRAY['t' || i, NULL]
+             FROM generate_series(1, 200) i""",
+        "UPDATE avro_changes SET price = NULL, name = name || '!' WHERE id % 4 = 0",
+        "UPDATE avro_changes SET id = id + 1000 WHERE id % 10 = 1",
+        "DELETE FROM avro_changes WHERE id % 7 = 0",
+    ]
+    # each in its own transaction, whose id every event of it carries, in
+    # one session: its encoder's state outlives a statement
+    conn = pg.connect(autocommit=True)
+    cur = conn.cursor()
+    txids = []
+    for sql in statements:
+        cur.execute(sql + "; SELECT txid_current()")
+        txids.append(cur.fetchone()[0])
+    conn.close()
     pg.wait_until_final("avro_cdc_e2e")
+    events_per_txid = {}
 
     def decoded(record):
         event = decode(pg, record.value, "avro_cdc_e2e-value")
         assert event["source"]["table"] == "avro_changes"
         assert event["source"]["connector"] == "postgresql"
+        assert event["source"]["snapshot"] == "false"
+        txid = event["source"]["txId"]
+        events_per_txid[txid] = events_per_txid.get(txid, 0) + 1
         image = event["after"] or event["before"]
         assert decode(pg, record.key, "avro_cdc_e2e-key") == {"id": image["id"]}
         return event
 
     state, ops = replay_events(consume_all(kafka.bootstrap, "avro_cdc_e2e"), decoded)
+    assert events_per_txid == dict(zip(txids, [200, 50, 40, 28]))
     columns = ["id", "name", "ok", "price", "at", "day", "ident", "raw", "tags"]
     source = {}
     for row in pg.query(f"SELECT {', '.join(columns)} FROM avro_changes"):
