@@ -1273,8 +1273,9 @@ static bool
 source_encoded_for(KpEncodedSource *encoded, const KpAvroSource *source,
 				   char op)
 {
-	return encoded != NULL && encoded->valid && encoded->ts_ms == source->ts_ms &&
-		encoded->txid == source->txid && encoded->snapshot == (op == 'r');
+	return encoded != NULL && encoded->valid &&
+		encoded->ts_ms == source->ts_ms && encoded->txid == source->txid &&
+		encoded->snapshot == (op == 'r');
 }
 
 /* Encodes record, envelope's source with every member set but lsn. */
@@ -1286,17 +1287,18 @@ encode_source(KpAvroSchema *envelope, avro_value_t *record,
 	KpEncodedSource *encoded = envelope->source;
 
 	if (encoded == NULL)
-		encoded = envelope->source = MemoryContextAllocZero(mcxt, sizeof(KpEncodedSource));
+		encoded = envelope->source =
+			MemoryContextAllocZero(mcxt, sizeof(KpEncodedSource));
 	encoded->valid = false;
 	if (encoded->head != NULL)
 		pfree(encoded->head);
 	if (encoded->tail != NULL)
 		pfree(encoded->tail);
 	encoded->head = encoded->tail = NULL;
-	encoded->head = encode_members(record, SOURCE_VERSION, SOURCE_LSN - 1, mcxt,
-								   &encoded->head_len);
-	encoded->tail = encode_members(record, SOURCE_LSN + 1, SOURCE_PARTITION, mcxt,
-								   &encoded->tail_len);
+	encoded->head = encode_members(record, SOURCE_VERSION, SOURCE_LSN - 1,
+								   mcxt, &encoded->head_len);
+	encoded->tail = encode_members(record, SOURCE_LSN + 1, SOURCE_PARTITION,
+								   mcxt, &encoded->tail_len);
 	encoded->ts_ms = source->ts_ms;
 	encoded->txid = source->txid;
 	encoded->snapshot = op == 'r';
@@ -1318,7 +1320,8 @@ write_event(KpAvroSchema *envelope, avro_value_t *source, int header_len)
 	int64		written;
 
 	fits = encoded->valid &&
-		write_members(writer, &envelope->value, ENVELOPE_BEFORE, ENVELOPE_AFTER) &&
+		write_members(writer, &envelope->value, ENVELOPE_BEFORE,
+					  ENVELOPE_AFTER) &&
 		avro_write(writer, encoded->head, encoded->head_len) == 0 &&
 		write_members(writer, source, SOURCE_LSN, SOURCE_LSN) &&
 		avro_write(writer, encoded->tail, encoded->tail_len) == 0 &&
@@ -1363,7 +1366,8 @@ kp_avro_encode_event(KpAvroSchema *envelope, TupleDesc desc, HeapTuple before,
 	if (!source_encoded_for(envelope->source, source, op))
 	{
 		set_long_member(&record, SOURCE_TS_MS, source->ts_ms);
-		set_string_member(&record, SOURCE_SNAPSHOT, op == 'r' ? "true" : "false");
+		set_string_member(&record, SOURCE_SNAPSHOT,
+						  op == 'r' ? "true" : "false");
 		set_long_member(&record, SOURCE_TXID, source->txid);
 		encode_source(envelope, &record, source, op);
 	}
