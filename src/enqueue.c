@@ -17,6 +17,8 @@
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/table.h"
+#include "access/toast_compression.h"
+#include "access/toast_internals.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
@@ -620,17 +622,63 @@ bytea_array(KpBufferedMessage **msgs, int count, bool keys)
 	return PointerGetDatum(array);
 }
 
+/* keys or values compressed as the column's storage says; NULL: they are not */
+static struct varlena *
+compressed_array(Relation batch, int column, Datum array)
+{
+	Form_pg_attribute attr = TupleDescAttr(RelationGetDescr(batch), column);
+
+	if (attr->attcompression != TOAST_LZ4_COMPRESSION)
+		return NULL;
+	return (struct varlena *)
+		DatumGetPointer(toast_compress_datum(array, attr->attcompression));
+}
+
 /*
- * Writes the row holding msgs[0 .. count - 1].  A row at a time, not with
- * table_multi_insert: a row fills most of a page, and a thousand of them
- * held for a multi-insert made the backend's heap grow and shrink.
+ * Replaces the arrays of a row of more than KP_BATCH_ROW_BYTES by their
+ * compressed forms, which the toaster keeps as they are, if those fit in
+ * KP_BATCH_ROW_BYTES; false if they do not (or are not compressed).
  */
-static void
+static bool
+compress_large_row(Relation batch, Datum *values)
+{
+	struct varlena *keys = compressed_array(batch, BATCH_KEYS,
+											values[BATCH_KEYS]);
+	struct varlena *vals = keys == NULL ? NULL :
+		compressed_array(batch, BATCH_VALUES, values[BATCH_VALUES]);
+	Size		topic = VARSIZE_ANY(DatumGetPointer(values[BATCH_TOPIC]));
+	bool		fits = vals != NULL &&
+		VARSIZE(keys) + VARSIZE(vals) + topic <= KP_BATCH_ROW_BYTES;
+
+	if (fits)
+	{
+		pfree(DatumGetPointer(values[BATCH_KEYS]));
+		pfree(DatumGetPointer(values[BATCH_VALUES]));
+		values[BATCH_KEYS] = PointerGetDatum(keys);
+		values[BATCH_VALUES] = PointerGetDatum(vals);
+		return true;
+	}
+	if (keys != NULL)
+		pfree(keys);
+	if (vals != NULL)
+		pfree(vals);
+	return false;
+}
+
+/*
+ * Writes the row holding msgs[0 .. count - 1], which take bytes of it;
+ * false, writing nothing, if they take more than KP_BATCH_ROW_BYTES and
+ * do not compress into it.  A row at a time, not with table_multi_insert:
+ * a row fills most of a page, and a thousand of them held for a
+ * multi-insert made the backend's heap grow and shrink.
+ */
+static bool
 insert_batch_row(KpLazyTable *batch, TimestampTz enqueued_at,
-				 KpBufferedMessage **msgs, int count)
+				 KpBufferedMessage **msgs, int count, Size bytes)
 {
 	Datum		values[BATCH_NATTS];
 	bool		nulls[BATCH_NATTS] = {false};
+	Relation	rel = lazy_table(batch);
 
 	values[BATCH_FIRST_ID] = Int64GetDatum(msgs[0]->id);
 	values[BATCH_TOPIC] = PointerGetDatum(msgs[0]->topic);
@@ -638,9 +686,13 @@ insert_batch_row(KpLazyTable *batch, TimestampTz enqueued_at,
 	values[BATCH_VALUES] = bytea_array(msgs, count, false);
 	values[BATCH_ENQUEUED_AT] = TimestampTzGetDatum(enqueued_at);
 	values[BATCH_ENQUEUED_BY] = ObjectIdGetDatum(msgs[0]->enqueued_by);
-	kp_insert_row(lazy_table(batch), &batch->indexes, values, nulls, NULL);
+	if (bytes <= KP_BATCH_ROW_BYTES || compress_large_row(rel, values))
+		kp_insert_row(rel, &batch->indexes, values, nulls, NULL);
+	else
+		count = 0;
 	pfree(DatumGetPointer(values[BATCH_KEYS]));
 	pfree(DatumGetPointer(values[BATCH_VALUES]));
+	return count > 0;
 }
 
 /*
@@ -665,23 +717,53 @@ insert_single_row(KpLazyTable *outbox, TimestampTz enqueued_at,
 
 /*
  * Whether msgs[i] may join the row of msgs[first .. i - 1], which take
- * bytes of it: the next id, of the same topic and role, with room left.
+ * bytes of it: the next id, of the same topic and role, with room left
+ * of limit.
  */
 static bool
-joins_row(KpBufferedMessage **msgs, int first, int i, Size bytes)
+joins_row(KpBufferedMessage **msgs, int first, int i, Size bytes, Size limit)
 {
 	return msgs[i]->id == msgs[i - 1]->id + 1 &&
 		datum_image_eq(PointerGetDatum(msgs[i]->topic),
 					   PointerGetDatum(msgs[first]->topic), false, -1) &&
 		msgs[i]->enqueued_by == msgs[first]->enqueued_by &&
 		i - first < KP_BATCH_ROW_MESSAGES &&
-		bytes + batch_row_share(msgs[i]) <= KP_BATCH_ROW_BYTES;
+		bytes + batch_row_share(msgs[i]) <= limit;
 }
 
 /*
  * Writes msgs[0 .. count - 1], in id order, as rows of consecutive ids of
- * one topic, each small enough to be stored without TOAST unless a single
- * message is not.  They count as enqueued now, at the end of their
+ * one topic of at most limit bytes; a row over KP_BATCH_ROW_BYTES that
+ * does not compress into it is written again as rows of that size, which
+ * fit in a page as they are.
+ */
+static void
+write_rows(KpLazyTable *batch, KpLazyTable *outbox, TimestampTz now,
+		   KpBufferedMessage **msgs, int count, Size limit)
+{
+	int			first = 0;
+	Size		bytes = 0;
+
+	for (int i = 0; i < count; i++)
+	{
+		bytes += batch_row_share(msgs[i]);
+		if (i + 1 < count && joins_row(msgs, first, i + 1, bytes, limit))
+			continue;
+		if (i == first)
+			insert_single_row(outbox, now, msgs[i]);
+		else if (!insert_batch_row(batch, now, msgs + first, i + 1 - first,
+								   bytes))
+			write_rows(batch, outbox, now, msgs + first, i + 1 - first,
+					   KP_BATCH_ROW_BYTES);
+		first = i + 1;
+		bytes = 0;
+	}
+}
+
+/*
+ * Writes msgs[0 .. count - 1] as rows of up to KP_BATCH_ROW_RAW_BYTES that
+ * fit in a page once compressed, stored without TOAST unless a single
+ * message is larger.  They count as enqueued now, at the end of their
  * statement at the latest: a clock reading per event showed in profiles.
  */
 static void
@@ -689,9 +771,6 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 {
 	KpLazyTable batch = {.open = kp_outbox_batch_open};
 	KpLazyTable outbox = {.open = kp_outbox_open};
-	TimestampTz now = GetCurrentTimestamp();
-	int			first = 0;
-	Size		bytes = 0;
 	int64		uncounted = 0;
 	int64		payload = 0;
 
@@ -704,18 +783,8 @@ write_batch_rows(KpBufferedMessage **msgs, int count)
 	}
 	if (uncounted > 0)
 		note_written(uncounted, payload);
-	for (int i = 0; i < count; i++)
-	{
-		bytes += batch_row_share(msgs[i]);
-		if (i + 1 < count && joins_row(msgs, first, i + 1, bytes))
-			continue;
-		if (i == first)
-			insert_single_row(&outbox, now, msgs[i]);
-		else
-			insert_batch_row(&batch, now, msgs + first, i + 1 - first);
-		first = i + 1;
-		bytes = 0;
-	}
+	write_rows(&batch, &outbox, GetCurrentTimestamp(), msgs, count,
+			   KP_BATCH_ROW_RAW_BYTES);
 	lazy_table_close(&outbox);
 	lazy_table_close(&batch);
 }

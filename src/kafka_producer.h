@@ -311,6 +311,11 @@ typedef enum KpBatchColumn
  */
 #define KP_BATCH_ROW_MESSAGES 256
 #define KP_BATCH_ROW_BYTES 7600
+/*
+ * What a row's keys and values may take before compression: lz4 stores
+ * events, with their repeated member names, in a fifth to a seventh.
+ */
+#define KP_BATCH_ROW_RAW_BYTES 30000
 
 /* rows are written a chunk at a time with table_multi_insert */
 #define KP_WRITE_CHUNK 1000

@@ -143,6 +143,37 @@ def test_one_large_transaction(pg, kafka):
     assert all(v == sorted(v) for v in per_key.values())
 
 
+def test_batch_rows_sized_by_what_they_compress_to(pg, kafka):
+    """Messages that compress well share rows of more than a page of raw
+    bytes; incompressible ones get rows that fit in a page as they are.
+    Neither goes to TOAST, and every message arrives once."""
+    conn = pg.connect(autocommit=False)
+    cur = conn.cursor()
+    # seen before commit, by the transaction that wrote them
+    cur.execute("SELECT count(kafka_send('rows_alike', repeat('{\"name\": \"alike\"}', 5), "
+                "key => i::text)) FROM generate_series(1, 3000) i")
+    cur.execute("SELECT count(kafka_send('rows_noise', (SELECT decode(string_agg(md5(random()::text "
+                "|| i || g), ''), 'hex') FROM generate_series(1, 8) g), key => i::text)) "
+                "FROM generate_series(1, 3000) i")
+    cur.execute("""SELECT topic, max(raw), max(stored) FROM (
+                       SELECT topic, (SELECT sum(octet_length(v)) FROM unnest("values") v) AS raw,
+                              pg_column_size("values") AS stored
+                         FROM kafka.outbox_batch) r GROUP BY topic""")
+    rows = {r[0]: r[1:] for r in cur.fetchall()}
+    cur.execute("SELECT pg_relation_size(reltoastrelid) FROM pg_class "
+                "WHERE oid = 'kafka.outbox_batch'::regclass")
+    toast = cur.fetchone()[0]
+    conn.commit()
+    conn.close()
+    assert rows["rows_alike"][0] > 8192 > rows["rows_alike"][1], rows
+    assert rows["rows_noise"][0] < 7600, rows
+    assert toast == 0
+    for topic in ("rows_alike", "rows_noise"):
+        assert pg.wait_until_final(topic) == {"delivered": 3000}
+        keys = sorted(int(r.key) for r in consume_all(kafka.bootstrap, topic))
+        assert keys == list(range(1, 3001))
+
+
 def test_outage_keeps_messages_pending_then_delivers_in_order(pg, kafka, settings):
     """All brokers down longer than message_timeout_ms: attempts fail with
     a transient error, the messages stay pending and are sent again, in
